@@ -142,6 +142,16 @@ int f2_cuda_reset_peak(void);
 int f2_cuda_empty_cache(void);   /* gives cached, unused blocks back to the driver */
 int f2_cuda_synchronize(void);
 
+/* ---------------------------------------------------------------- Fairy2i quantization (FAIRY2I.md) */
+
+/* ---------------------------------------------------------------- model ops (CPU reference + CUDA) */
+
+/* ---------------------------------------------------------------- files: safetensors, GGUF */
+
+/* ---------------------------------------------------------------- tokenizer */
+
+/* ---------------------------------------------------------------- line editor (REPL) */
+
 /* F2_FFI_END */
 
 #ifdef __cplusplus

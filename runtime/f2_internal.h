@@ -63,6 +63,21 @@ int f2_cuda_alloc(void **ptr, size_t nbytes);
 void f2_cuda_free(void *ptr);
 int f2_cuda_require(const char *what);   /* F2_OK, or F2_ERR_NO_DEVICE with a clear message */
 
+/* CUDA halves of the tensor ops (kernels/; cuda_stub.c without CUDA). The dispatch in
+ * ops.c checks arguments and devices first, so these see valid, same-device GPU tensors. */
+enum { F2_MEMCPY_H2D = 0, F2_MEMCPY_D2H = 1, F2_MEMCPY_D2D = 2 };
+int f2_cuda_memcpy(void *dst, const void *src, size_t nbytes, int kind);   /* synchronous for D2H */
+int f2_cuda_copy(f2_tensor *dst, const f2_tensor *src);                    /* strided + dtype cast */
+int f2_cuda_fill(f2_tensor *t, double value);
+int f2_cuda_rand_uniform(f2_tensor *t, uint64_t seed, double low, double high);
+int f2_cuda_rand_normal(f2_tensor *t, uint64_t seed, double mean, double std);
+int f2_cuda_binary(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t op);
+int f2_cuda_binary_scalar(f2_tensor *out, const f2_tensor *a, double s, int32_t op);
+int f2_cuda_unary(f2_tensor *out, const f2_tensor *a, int32_t op);
+int f2_cuda_reduce(f2_tensor *out, const f2_tensor *x, int32_t dim, int32_t op);
+int f2_cuda_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
+                   float alpha, float beta);
+
 #ifdef __cplusplus
 }
 #endif
