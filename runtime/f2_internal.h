@@ -8,6 +8,10 @@
 extern "C" {
 #endif
 
+/* Everything declared here stays inside the runtime: only f2.h is exported from the binary
+ * (tests/lua/test_header.lua checks that every exported f2_ symbol is declared in f2.h). */
+#pragma GCC visibility push(hidden)
+
 /* Records "file:line: message" for f2_last_error() and returns code. */
 int f2_set_error(int code, const char *file, int line, const char *fmt, ...)
 #ifdef __GNUC__
@@ -62,6 +66,7 @@ uint16_t f2_f32_to_f16(float f);
 int f2_cuda_alloc(void **ptr, size_t nbytes);
 void f2_cuda_free(void *ptr);
 int f2_cuda_require(const char *what);   /* F2_OK, or F2_ERR_NO_DEVICE with a clear message */
+int f2_cuda_build_info(char *buf, size_t size);   /* CUDA/cuBLAS/NCCL versions and GPUs, for f2_build_info */
 
 /* CUDA halves of the tensor ops (kernels/; cuda_stub.c without CUDA). The dispatch in
  * ops.c checks arguments and devices first, so these see valid, same-device GPU tensors. */
@@ -77,6 +82,8 @@ int f2_cuda_unary(f2_tensor *out, const f2_tensor *a, int32_t op);
 int f2_cuda_reduce(f2_tensor *out, const f2_tensor *x, int32_t dim, int32_t op);
 int f2_cuda_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
                    float alpha, float beta);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

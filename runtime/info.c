@@ -9,8 +9,6 @@
 
 const char *f2_version(void) { return F2_VERSION_STRING; }
 
-int f2_cuda_build_info(char *buf, size_t size); /* kernels/device.cu or cuda_stub.c */
-
 int f2_build_info(char *buf, size_t size) {
   int n = snprintf(buf, size, "fairy2 %s (C11, %s)\n", f2_version(), __VERSION__);
   if (n < 0 || (size_t)n >= size) return F2_FAIL(F2_ERR_ARG, "buffer of %zu bytes too small", size);
