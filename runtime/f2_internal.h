@@ -29,7 +29,8 @@ struct f2_storage {
   size_t nbytes;
   int32_t device;
   int32_t refcount;
-  void (*release)(void *owner);   /* wrapped memory: called with owner when the last view goes */
+  int32_t borrowed;               /* wrapped memory: never freed here */
+  void (*release)(void *owner);   /* wrapped memory: called with owner (if set) when the last view goes */
   void *owner;
 };
 
@@ -82,6 +83,22 @@ int f2_cuda_unary(f2_tensor *out, const f2_tensor *a, int32_t op);
 int f2_cuda_reduce(f2_tensor *out, const f2_tensor *x, int32_t dim, int32_t op);
 int f2_cuda_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
                    float alpha, float beta);
+
+/* Optimizer (kernels/optim.cu; stubs in optim.c without CUDA). */
+int f2_cuda_adamw_step(f2_tensor *p, f2_tensor *m, f2_tensor *v, const f2_tensor *g, const f2_adamw_config *c);
+int f2_cuda_sum_squares(f2_tensor *out, const f2_tensor *const *tensors, int32_t n);
+
+/* ---- Fairy2i quantization (kernels/fairy2.cu; stubs in cuda_stub_fairy2.c without CUDA). runtime/fairy2.c
+ * checks every argument first. first_bad: NULL, or count slots that receive the flat index into R of
+ * the first non-finite element of each layer's R (-1 when none); filling it waits for the GPU. */
+int f2_cuda_fairy2_split(f2_tensor *u_re, f2_tensor *u_im, f2_tensor *w_re, f2_tensor *w_im, const f2_tensor *r);
+int f2_cuda_fairy2_rebuild(f2_tensor *r, const f2_tensor *u_re, const f2_tensor *u_im, const f2_tensor *w_re,
+                           const f2_tensor *w_im);
+int f2_cuda_fairy2_quantize(f2_tensor *const *r_hat, f2_tensor *const *scales, f2_tensor *const *codes,
+                            const f2_tensor *const *r, int32_t count, const f2_quant_config *cfg,
+                            int64_t *first_bad);
+int f2_cuda_fake_quant_int8(f2_tensor *out, const f2_tensor *x);
+/* ---- end Fairy2i quantization */
 
 #pragma GCC visibility pop
 

@@ -56,8 +56,9 @@ void f2_storage_retain(f2_storage *s) {
 
 void f2_storage_release(f2_storage *s) {
   if (!s || --s->refcount > 0) return;
-  if (s->release) s->release(s->owner);
-  else if (s->device == F2_CUDA) f2_cuda_free(s->ptr);
+  if (s->borrowed) {
+    if (s->release) s->release(s->owner);
+  } else if (s->device == F2_CUDA) f2_cuda_free(s->ptr);
   else free(s->ptr);
   free(s);
 }
@@ -81,10 +82,17 @@ f2_tensor *f2_tensor_make(f2_storage *s, void *data, int32_t dtype, int32_t devi
   return t;
 }
 
-static int check_shape(int32_t ndim, const int64_t *shape) {
+/* Also rejects shapes whose byte size overflows (they would under-allocate). */
+static int check_shape(int32_t ndim, const int64_t *shape, int32_t dtype) {
   if (ndim < 0 || ndim > F2_MAX_DIMS) return F2_FAIL(F2_ERR_ARG, "ndim %d outside 0..%d", (int)ndim, F2_MAX_DIMS);
-  for (int i = 0; i < ndim; i++)
+  if (ndim > 0 && !shape) return F2_FAIL(F2_ERR_ARG, "shape is NULL");
+  if (!f2_dtype_size(dtype)) return F2_FAIL(F2_ERR_ARG, "unknown dtype %d", (int)dtype);
+  int64_t bytes = (int64_t)f2_dtype_size(dtype);
+  for (int i = 0; i < ndim; i++) {
     if (shape[i] < 0) return F2_FAIL(F2_ERR_ARG, "negative size %lld in dim %d", (long long)shape[i], i);
+    if (__builtin_mul_overflow(bytes, shape[i], &bytes))
+      return F2_FAIL(F2_ERR_ARG, "tensor too large: size overflows at dim %d", i);
+  }
   return F2_OK;
 }
 
@@ -103,8 +111,7 @@ static int64_t shape_numel(int32_t ndim, const int64_t *shape) {
 }
 
 f2_tensor *f2_tensor_new(int32_t dtype, int32_t device, int32_t ndim, const int64_t *shape) {
-  if (check_shape(ndim, shape) != F2_OK) return NULL;
-  if (!f2_dtype_size(dtype)) return F2_FAIL_NULL(F2_ERR_ARG, "unknown dtype %d", (int)dtype);
+  if (check_shape(ndim, shape, dtype) != F2_OK) return NULL;
   if (device == F2_CUDA && f2_cuda_require("a CUDA tensor") != F2_OK) return NULL;
   int64_t stride[F2_MAX_DIMS];
   contiguous_strides(ndim, shape, stride);
@@ -117,14 +124,14 @@ f2_tensor *f2_tensor_new(int32_t dtype, int32_t device, int32_t ndim, const int6
 
 f2_tensor *f2_tensor_wrap(void *data, int32_t dtype, int32_t device, int32_t ndim, const int64_t *shape,
                           void (*release)(void *owner), void *owner) {
-  if (check_shape(ndim, shape) != F2_OK) return NULL;
-  if (!f2_dtype_size(dtype)) return F2_FAIL_NULL(F2_ERR_ARG, "unknown dtype %d", (int)dtype);
+  if (check_shape(ndim, shape, dtype) != F2_OK) return NULL;
   f2_storage *s = calloc(1, sizeof *s);
   if (!s) return F2_FAIL_NULL(F2_ERR_MEM, "out of host memory");
   s->ptr = data;
   s->nbytes = (size_t)shape_numel(ndim, shape) * f2_dtype_size(dtype);
   s->device = device;
   s->refcount = 1;
+  s->borrowed = 1;
   s->release = release;
   s->owner = owner;
   int64_t stride[F2_MAX_DIMS];
