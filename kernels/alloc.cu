@@ -41,6 +41,8 @@ extern "C" int f2_cuda_alloc(void **ptr, size_t nbytes) {
   *ptr = nullptr;
   F2_TRY(f2_cuda_require("GPU memory"));
   Allocator &a = allocator();
+  if (nbytes > ((size_t)1 << 62)) /* absurd (likely an overflowed size): rounding would wrap */
+    return F2_FAIL(F2_ERR_MEM, "GPU allocation of %zu bytes is impossibly large", nbytes);
   size_t size = round_size(nbytes);
   /* Best fit, but never hand out a block more than twice the request (keeps waste bounded). */
   auto it = a.free_blocks.lower_bound(size);

@@ -29,12 +29,23 @@ extern "C" int f2_cuda_set_device(int32_t index) {
   F2_TRY(f2_cuda_require("selecting a GPU"));
   if (index < 0 || index >= device_count)
     return F2_FAIL(F2_ERR_ARG, "GPU %d does not exist (%d visible)", (int)index, device_count);
+  int current = 0;
+  F2_CUDA_CHECK(cudaGetDevice(&current));
+  /* The stream and the cached memory belong to the device they were made on: choose the device
+   * before the first GPU work (one process per GPU). */
+  if (stream && index != current)
+    return F2_FAIL(F2_ERR_ARG, "GPU %d selected after work began on GPU %d: select the GPU first", (int)index, current);
   F2_CUDA_CHECK(cudaSetDevice(index));
   return F2_OK;
 }
 
+/* Created on first use, on the current device. Should creation fail, the stream stays NULL (the
+ * legacy default stream): work is still correct and ordered, only not capturable. */
 cudaStream_t f2_cuda_stream(void) {
-  if (!stream) cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  if (!stream && cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
+    cudaGetLastError();
+    stream = nullptr;
+  }
   return stream;
 }
 

@@ -1,0 +1,240 @@
+/* matmul.cu — out[M,N] = alpha * op(a)[M,K] @ op(b)[K,N] + beta * out through cuBLASLt, 2-D or 3-D
+ * strided-batched. bf16/f16 inputs: fp32 accumulation (CUBLAS_COMPUTE_32F); f32 inputs: plain fp32
+ * (no TF32). Output f32 or the inputs' dtype; other mixes go through fp32 temporaries.
+ * Row-major tensors are column-major transposes, so a row-major out is computed as
+ * out^T = op(b)^T op(a)^T; any view whose rows or columns are contiguous maps without a copy. */
+#include <cublasLt.h>
+
+#include <string.h>
+
+#include "f2_cuda.cuh"
+
+namespace {
+const size_t kWorkspaceBytes = 32u << 20;
+cublasLtHandle_t handle;
+void *workspace;
+
+/* A logical matrix (rows x cols) at data with element strides, and its batch stride. */
+struct View {
+  void *data;
+  int32_t dtype;
+  int64_t rows, cols, row_stride, col_stride, batch_stride;
+};
+
+View transposed(View v) {
+  View t = v;
+  t.rows = v.cols, t.cols = v.rows, t.row_stride = v.col_stride, t.col_stride = v.row_stride;
+  return t;
+}
+
+/* The matrix of t's last two dims, transposed when trans is set. */
+View view_of(const f2_tensor *t, int32_t trans) {
+  int d = t->ndim - 2;
+  View v = {t->data, t->dtype, t->shape[d], t->shape[d + 1], t->stride[d], t->stride[d + 1],
+            t->ndim == 3 ? t->stride[0] : 0};
+  return trans ? transposed(v) : v;
+}
+
+/* How cuBLAS reads v: stored column-major with leading dimension ld (v itself for op N, its
+ * transpose for op T). Returns 0 when neither rows nor columns are contiguous (the caller copies). */
+struct Layout {
+  cublasOperation_t op;
+  int64_t ld;
+};
+int layout_of(const View &v, int allow_transpose, Layout *l) {
+  if (v.rows == 1 || v.row_stride == 1) { /* columns contiguous: column-major as it is */
+    int64_t ld = v.cols == 1 ? v.rows : v.col_stride;
+    if (ld >= v.rows) return *l = {CUBLAS_OP_N, ld}, 1;
+  }
+  if (allow_transpose && (v.cols == 1 || v.col_stride == 1)) { /* rows contiguous: a stored transpose */
+    int64_t ld = v.rows == 1 ? v.cols : v.row_stride;
+    if (ld >= v.cols) return *l = {CUBLAS_OP_T, ld}, 1;
+  }
+  return 0;
+}
+
+cudaDataType_t cuda_type(int32_t dtype) {
+  return dtype == F2_BF16 ? CUDA_R_16BF : dtype == F2_F16 ? CUDA_R_16F : CUDA_R_32F;
+}
+
+/* Largest power of two (<= 256) that divides the address of every matrix of the batch. */
+uint32_t alignment(const View &v, int64_t batch) {
+  uintptr_t p = (uintptr_t)v.data | (batch > 1 ? (uintptr_t)(v.batch_stride * (int64_t)f2_dtype_size(v.dtype)) : 0);
+  uint32_t a = 256;
+  while (a > 1 && p % a) a >>= 1;
+  return a;
+}
+
+/* Descriptors and the heuristic's algorithm for one problem, cached: a training step repeats the
+ * same few shapes, and the heuristic query costs more than the GEMM for small ones. */
+struct Key {
+  int32_t a_type, b_type, c_type, op_a, op_b;
+  uint32_t align_a, align_b, align_c;
+  int64_t m, n, k, lda, ldb, ldc, batch, stride_a, stride_b, stride_c;
+};
+struct Plan {
+  Key key;
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t a, b, c;
+  cublasLtMatmulAlgo_t algo;
+};
+const int kPlans = 64;
+Plan plans[kPlans];
+int plan_count, plan_evict;
+
+void destroy_plan(Plan *p) {
+  if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+  if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+  if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+  if (p->c) cublasLtMatrixLayoutDestroy(p->c);
+  memset(p, 0, sizeof *p);
+}
+
+int make_layout(cublasLtMatrixLayout_t *l, int32_t type, int64_t rows, int64_t cols, int64_t ld, int64_t batch,
+                int64_t stride) {
+  F2_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(l, (cudaDataType_t)type, (uint64_t)rows, (uint64_t)cols, ld));
+  if (batch > 1) {
+    int32_t count = (int32_t)batch;
+    F2_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
+    F2_CUBLAS_CHECK(
+        cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride));
+  }
+  return F2_OK;
+}
+
+int build_plan(Plan *p, const Key &k) {
+  memset(p, 0, sizeof *p);
+  p->key = k;
+  cublasOperation_t op_a = (cublasOperation_t)k.op_a, op_b = (cublasOperation_t)k.op_b;
+  F2_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  F2_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
+  F2_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+  F2_TRY(make_layout(&p->a, k.a_type, op_a == CUBLAS_OP_N ? k.m : k.k, op_a == CUBLAS_OP_N ? k.k : k.m, k.lda,
+                     k.batch, k.stride_a));
+  F2_TRY(make_layout(&p->b, k.b_type, op_b == CUBLAS_OP_N ? k.k : k.n, op_b == CUBLAS_OP_N ? k.n : k.k, k.ldb,
+                     k.batch, k.stride_b));
+  F2_TRY(make_layout(&p->c, k.c_type, k.m, k.n, k.ldc, k.batch, k.stride_c));
+  cublasLtMatmulPreference_t pref;
+  F2_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  uint64_t ws = kWorkspaceBytes;
+  uint32_t aligns[4] = {k.align_a, k.align_b, k.align_c, k.align_c};
+  const cublasLtMatmulPreferenceAttributes_t align_attrs[4] = {
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+  for (int i = 0; i < 4 && s == CUBLAS_STATUS_SUCCESS; i++)
+    s = cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i], sizeof aligns[i]);
+  cublasLtMatmulHeuristicResult_t result = {};
+  int found = 0;
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasLtMatmulAlgoGetHeuristic(handle, p->desc, p->a, p->b, p->c, p->c, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  F2_CUBLAS_CHECK(s);
+  if (found < 1)
+    return F2_FAIL(F2_ERR_UNSUPPORTED, "cuBLASLt has no algorithm for m=%lld n=%lld k=%lld batch=%lld (types %d,%d->%d)",
+                   (long long)k.m, (long long)k.n, (long long)k.k, (long long)k.batch, k.a_type, k.b_type, k.c_type);
+  p->algo = result.algo;
+  return F2_OK;
+}
+
+int get_plan(const Key &k, Plan **out) {
+  for (int i = 0; i < plan_count; i++)
+    if (memcmp(&plans[i].key, &k, sizeof k) == 0) return *out = &plans[i], F2_OK;
+  Plan *p;
+  if (plan_count < kPlans) {
+    p = &plans[plan_count];
+  } else { /* full: replace the oldest, round robin */
+    p = &plans[plan_evict];
+    plan_evict = (plan_evict + 1) % kPlans;
+    destroy_plan(p);
+  }
+  int rc = build_plan(p, k);
+  if (rc != F2_OK) {
+    destroy_plan(p);
+    return rc;
+  }
+  if (p == &plans[plan_count]) plan_count++;
+  *out = p;
+  return F2_OK;
+}
+
+int init_once(void) {
+  if (!handle) F2_CUBLAS_CHECK(cublasLtCreate(&handle));
+  if (!workspace) F2_TRY(f2_cuda_alloc(&workspace, kWorkspaceBytes));
+  return F2_OK;
+}
+
+/* A temporary contiguous copy in dtype, freed when it goes out of scope (stream-ordered reuse). */
+struct Temp {
+  f2_tensor *t = nullptr;
+  ~Temp() { f2_tensor_free(t); }
+  int make(int32_t dtype, const f2_tensor *like, int copy) {
+    t = f2_tensor_new(dtype, F2_CUDA, like->ndim, like->shape);
+    if (!t) return F2_ERR_MEM;
+    return copy ? f2_cuda_copy(t, like) : F2_OK;
+  }
+};
+
+/* C = first @ second with C column-major (layout op N). */
+int run(const View &first, const View &second, const View &c, int64_t batch, float alpha, float beta) {
+  Layout lf, ls, lc;
+  if (!layout_of(first, 1, &lf) || !layout_of(second, 1, &ls) || !layout_of(c, 0, &lc))
+    return F2_FAIL(F2_ERR_ARG, "matmul: internal layout error");
+  Key k = {};
+  k.a_type = cuda_type(first.dtype), k.b_type = cuda_type(second.dtype), k.c_type = cuda_type(c.dtype);
+  k.op_a = lf.op, k.op_b = ls.op;
+  k.align_a = alignment(first, batch), k.align_b = alignment(second, batch), k.align_c = alignment(c, batch);
+  k.m = c.rows, k.n = c.cols, k.k = first.cols;
+  k.lda = lf.ld, k.ldb = ls.ld, k.ldc = lc.ld;
+  k.batch = batch;
+  if (batch > 1) k.stride_a = first.batch_stride, k.stride_b = second.batch_stride, k.stride_c = c.batch_stride;
+  Plan *p;
+  F2_TRY(get_plan(k, &p));
+  F2_CUBLAS_CHECK(cublasLtMatmul(handle, p->desc, &alpha, first.data, p->a, second.data, p->b, &beta, c.data, p->c,
+                                 c.data, p->c, &p->algo, workspace, kWorkspaceBytes, f2_cuda_stream()));
+  return F2_OK;
+}
+}  // namespace
+
+extern "C" int f2_cuda_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a,
+                              int32_t trans_b, float alpha, float beta) {
+  if (out->ndim < 2 || out->ndim > 3 || a->ndim < 2 || a->ndim > out->ndim || b->ndim < 2 || b->ndim > out->ndim)
+    return F2_FAIL(F2_ERR_ARG, "matmul: dims out %d, a %d, b %d (2-D, or 3-D batched)", (int)out->ndim,
+                   (int)a->ndim, (int)b->ndim);
+  View va = view_of(a, trans_a), vb = view_of(b, trans_b), vc = view_of(out, 0);
+  int64_t batch = out->ndim == 3 ? out->shape[0] : 1;
+  if (va.rows != vc.rows || vb.cols != vc.cols || va.cols != vb.rows || (a->ndim == 3 && a->shape[0] != batch) ||
+      (b->ndim == 3 && b->shape[0] != batch))
+    return F2_FAIL(F2_ERR_ARG, "matmul: op(a) %lldx%lld @ op(b) %lldx%lld does not give out %lldx%lld (batch %lld)",
+                   (long long)va.rows, (long long)va.cols, (long long)vb.rows, (long long)vb.cols,
+                   (long long)vc.rows, (long long)vc.cols, (long long)batch);
+  if (batch == 0 || vc.rows == 0 || vc.cols == 0) return F2_OK;
+  if (va.cols == 0) /* empty sum: out = beta * out, with beta == 0 ignoring what out held (BLAS) */
+    return beta == 0.0f ? f2_cuda_fill(out, 0.0) : f2_cuda_binary_scalar(out, out, beta, F2_OP_MUL);
+  if (batch > 1 && vc.batch_stride == 0) return F2_FAIL(F2_ERR_ARG, "matmul: output batch stride is 0");
+  F2_TRY(init_once());
+
+  /* cuBLASLt takes equal input types (f32, bf16, f16) and an output of that type or f32. */
+  int32_t in_dtype = a->dtype == b->dtype && f2_host_dtype_is_float(a->dtype) ? a->dtype : F2_F32;
+  Temp ta, tb, tc;
+  Layout l;
+  if (a->dtype != in_dtype || !layout_of(va, 1, &l)) {
+    F2_TRY(ta.make(in_dtype, a, 1));
+    va = view_of(ta.t, trans_a);
+  }
+  if (b->dtype != in_dtype || !layout_of(vb, 1, &l)) {
+    F2_TRY(tb.make(in_dtype, b, 1));
+    vb = view_of(tb.t, trans_b);
+  }
+  int out_ok = out->dtype == F2_F32 || out->dtype == in_dtype;
+  int c_colmajor = layout_of(vc, 0, &l), c_rowmajor = layout_of(transposed(vc), 0, &l);
+  if (!out_ok || !(c_colmajor || c_rowmajor)) {
+    F2_TRY(tc.make(out_ok ? out->dtype : F2_F32, out, beta != 0.0f));
+    vc = view_of(tc.t, 0);
+    c_colmajor = 0;
+  }
+  if (c_colmajor) F2_TRY(run(va, vb, vc, batch, alpha, beta));
+  else F2_TRY(run(transposed(vb), transposed(va), transposed(vc), batch, alpha, beta));
+  if (tc.t) F2_TRY(f2_cuda_copy(out, tc.t));
+  return F2_OK;
+}
