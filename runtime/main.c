@@ -1,5 +1,6 @@
 /* main.c — the fairy2 executable: an embedded LuaJIT with cjson preloaded and the fairy2 Lua
- * library on its path; everything else (argument parsing, recipes, REPL) is lua/fairy2/cli.lua. */
+ * library on its path; everything else (argument parsing, recipes, REPL) is lua/fairy2/cli.lua.
+ * Also the REPL's Ctrl-C: it needs the Lua state, which only this file has. */
 #include "f2_internal.h"
 
 #include <lauxlib.h>
@@ -14,6 +15,45 @@
 #include <unistd.h>
 
 int luaopen_cjson(lua_State *L);
+
+/* The one Lua state, for the SIGINT handler; SIGINT's action before arm, for disarm. */
+static lua_State *main_state;
+static struct sigaction saved_sigint;
+static int sigint_armed;
+
+/* Ctrl-C while a REPL statement runs, as lua.c does it: the signal handler may not touch the Lua
+ * stack, so it only sets a hook; the hook runs at the next call, return or instruction of
+ * interpreted code and raises there. (LuaJIT checks hooks in the interpreter only, so the REPL
+ * runs its chunks with the JIT off.) */
+static void interrupt_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  luaL_error(L, "interrupted");
+}
+
+static void on_sigint(int sig) {
+  signal(sig, SIG_DFL);   /* a second Ctrl-C before the hook runs ends the process */
+  lua_sethook(main_state, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+int f2_repl_interrupt_arm(void) {
+  if (!main_state) return F2_FAIL(F2_ERR_UNSUPPORTED, "no Lua state (only the fairy2 executable has one)");
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGINT, &sa, sigint_armed ? NULL : &saved_sigint) != 0)
+    return F2_FAIL(F2_ERR_ARG, "sigaction(SIGINT) failed");
+  sigint_armed = 1;
+  return F2_OK;
+}
+
+int f2_repl_interrupt_disarm(void) {
+  if (sigint_armed) sigaction(SIGINT, &saved_sigint, NULL);
+  sigint_armed = 0;
+  if (main_state) lua_sethook(main_state, NULL, 0, 0);
+  return F2_OK;
+}
 
 /* The Lua library directory: $FAIRY2_LUA_DIR, else next to the executable (build tree inside the
  * source tree: <exe>/../lua; installed: <exe>/../share/fairy2/lua), else the source tree the
@@ -66,6 +106,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "fairy2: cannot create the Lua state (out of memory)\n");
     return 1;
   }
+  main_state = L;
   luaL_openlibs(L);
 
   lua_getglobal(L, "package");
@@ -110,6 +151,8 @@ int main(int argc, char **argv) {
   } else if (lua_isnumber(L, -1)) {
     status = (int)lua_tointeger(L, -1);
   }
+  f2_repl_interrupt_disarm();
+  main_state = NULL;
   lua_close(L);
   return status;
 }
