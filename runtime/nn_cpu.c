@@ -1,0 +1,461 @@
+/* nn_cpu.c — the model ops of the Llama/Qwen3 family (embedding, RMSNorm, RoPE, causal GQA attention,
+ * SwiGLU, cross-entropy), forward and backward: argument checks, the device dispatch and the plain-C
+ * reference. Float inputs f32 or bf16, math in fp32 (sums in double), gradients that accumulate are f32.
+ * Every tensor must be contiguous. CUDA kernels for these ops come later: CUDA tensors are refused. */
+#include "f2_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Head dims up to this fit the attention's on-stack accumulator (no allocation per call). */
+enum { ATTN_MAX_HEAD_DIM = 1024 };
+
+enum { FLOAT = 1, F32_ONLY = 2, I32_ONLY = 4 };
+
+static const char *shape_str(const f2_tensor *t, char *buf, size_t size) {
+  int n = snprintf(buf, size, "[");
+  for (int i = 0; i < t->ndim && n < (int)size; i++)
+    n += snprintf(buf + n, size - n, i ? ",%lld" : "%lld", (long long)t->shape[i]);
+  if (n < (int)size) snprintf(buf + n, size - n, "]");
+  return buf;
+}
+
+/* Every tensor argument passes here: present, on the CPU, contiguous, of an accepted dtype. */
+static int arg(const char *op, const char *name, const f2_tensor *t, int kind) {
+  if (!t) return F2_FAIL(F2_ERR_ARG, "%s: %s is NULL", op, name);
+  if (t->device == F2_CUDA) return F2_FAIL(F2_ERR_UNSUPPORTED, "%s: not on CUDA yet (%s is a CUDA tensor)", op, name);
+  if (t->device != F2_CPU) return F2_FAIL(F2_ERR_ARG, "%s: %s has unknown device %d", op, name, (int)t->device);
+  if (!f2_tensor_is_contiguous(t)) return F2_FAIL(F2_ERR_ARG, "%s: %s must be contiguous", op, name);
+  int ok = kind == FLOAT ? (t->dtype == F2_F32 || t->dtype == F2_BF16)
+           : kind == F32_ONLY ? t->dtype == F2_F32 : t->dtype == F2_I32;
+  if (!ok)
+    return F2_FAIL(F2_ERR_ARG, "%s: %s has dtype %s, expected %s", op, name, f2_dtype_name(t->dtype),
+                   kind == FLOAT ? "f32 or bf16" : kind == F32_ONLY ? "f32" : "i32");
+  return F2_OK;
+}
+
+/* t must have exactly the given shape. */
+static int shape_is(const char *op, const char *name, const f2_tensor *t, int ndim, const int64_t *shape) {
+  int ok = t->ndim == ndim;
+  for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];
+  if (ok) return F2_OK;
+  char got[128], want[128];
+  f2_tensor want_t = {.ndim = ndim};
+  for (int i = 0; i < ndim; i++) want_t.shape[i] = shape[i];
+  return F2_FAIL(F2_ERR_ARG, "%s: %s has shape %s, expected %s", op, name, shape_str(t, got, sizeof got),
+                 shape_str(&want_t, want, sizeof want));
+}
+
+/* t is [..., cols] with rows * cols elements. */
+static int rows_cols(const char *op, const char *name, const f2_tensor *t, int64_t rows, int64_t cols) {
+  if (t->ndim >= 1 && t->shape[t->ndim - 1] == cols && f2_tensor_numel(t) == rows * cols) return F2_OK;
+  char got[128];
+  return F2_FAIL(F2_ERR_ARG, "%s: %s has shape %s, expected %lld rows of %lld", op, name,
+                 shape_str(t, got, sizeof got), (long long)rows, (long long)cols);
+}
+
+static inline float ld(const f2_tensor *t, int64_t i) {
+  return t->dtype == F2_F32 ? ((const float *)t->data)[i] : f2_bf16_to_f32(((const uint16_t *)t->data)[i]);
+}
+static inline void st(f2_tensor *t, int64_t i, float v) {
+  if (t->dtype == F2_F32) ((float *)t->data)[i] = v;
+  else ((uint16_t *)t->data)[i] = f2_f32_to_bf16(v);
+}
+#define F32(t) ((float *)(t)->data)
+#define I32(t) ((const int32_t *)(t)->data)
+
+/* ---------------------------------------------------------------- embedding */
+
+static int check_ids(const char *op, const f2_tensor *ids, int64_t vocab) {
+  int64_t n = f2_tensor_numel(ids);
+  for (int64_t i = 0; i < n; i++)
+    if (I32(ids)[i] < 0 || I32(ids)[i] >= vocab)
+      return F2_FAIL(F2_ERR_ARG, "%s: ids[%lld] = %d is outside the vocabulary [0, %lld)", op, (long long)i,
+                     (int)I32(ids)[i], (long long)vocab);
+  return F2_OK;
+}
+
+int f2_embedding_forward(f2_tensor *out, const f2_tensor *weight, const f2_tensor *ids) {
+  const char *op = "f2_embedding_forward";
+  F2_TRY(arg(op, "out", out, FLOAT));
+  F2_TRY(arg(op, "weight", weight, FLOAT));
+  F2_TRY(arg(op, "ids", ids, I32_ONLY));
+  if (weight->ndim != 2) return F2_FAIL(F2_ERR_ARG, "%s: weight must be 2-D [vocab, dim], has %d dims", op, (int)weight->ndim);
+  int64_t vocab = weight->shape[0], dim = weight->shape[1], n = f2_tensor_numel(ids);
+  F2_TRY(rows_cols(op, "out", out, n, dim));
+  F2_TRY(check_ids(op, ids, vocab));
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t d = 0; d < dim; d++) st(out, i * dim + d, ld(weight, (int64_t)I32(ids)[i] * dim + d));
+  return F2_OK;
+}
+
+int f2_embedding_backward(f2_tensor *dweight, const f2_tensor *dout, const f2_tensor *ids) {
+  const char *op = "f2_embedding_backward";
+  F2_TRY(arg(op, "dweight", dweight, F32_ONLY));
+  F2_TRY(arg(op, "dout", dout, FLOAT));
+  F2_TRY(arg(op, "ids", ids, I32_ONLY));
+  if (dweight->ndim != 2) return F2_FAIL(F2_ERR_ARG, "%s: dweight must be 2-D [vocab, dim], has %d dims", op, (int)dweight->ndim);
+  int64_t vocab = dweight->shape[0], dim = dweight->shape[1], n = f2_tensor_numel(ids);
+  F2_TRY(rows_cols(op, "dout", dout, n, dim));
+  F2_TRY(check_ids(op, ids, vocab));
+  for (int64_t i = 0; i < n; i++) {
+    float *row = F32(dweight) + (int64_t)I32(ids)[i] * dim;
+    for (int64_t d = 0; d < dim; d++) row[d] += ld(dout, i * dim + d);
+  }
+  return F2_OK;
+}
+
+/* ---------------------------------------------------------------- RMSNorm over the last dim */
+
+static int rmsnorm_args(const char *op, const f2_tensor *x, const f2_tensor *weight, int64_t *rows, int64_t *dim) {
+  F2_TRY(arg(op, "x", x, FLOAT));
+  F2_TRY(arg(op, "weight", weight, FLOAT));
+  if (weight->ndim != 1) return F2_FAIL(F2_ERR_ARG, "%s: weight must be 1-D, has %d dims", op, (int)weight->ndim);
+  *dim = weight->shape[0];
+  if (*dim < 1) return F2_FAIL(F2_ERR_ARG, "%s: weight is empty", op);
+  *rows = f2_tensor_numel(x) / *dim;
+  return rows_cols(op, "x", x, *rows, *dim);
+}
+
+int f2_rmsnorm_forward(f2_tensor *out, f2_tensor *rstd, const f2_tensor *x, const f2_tensor *weight, float eps) {
+  const char *op = "f2_rmsnorm_forward";
+  int64_t rows = 0, dim = 0;
+  F2_TRY(rmsnorm_args(op, x, weight, &rows, &dim));
+  F2_TRY(arg(op, "out", out, FLOAT));
+  F2_TRY(rows_cols(op, "out", out, rows, dim));
+  if (rstd) {
+    F2_TRY(arg(op, "rstd", rstd, F32_ONLY));
+    F2_TRY(shape_is(op, "rstd", rstd, 1, &rows));
+  }
+  if (!(eps >= 0)) return F2_FAIL(F2_ERR_ARG, "%s: eps = %g must be >= 0", op, (double)eps);
+  for (int64_t r = 0; r < rows; r++) {
+    double ss = 0;
+    for (int64_t d = 0; d < dim; d++) {
+      double v = ld(x, r * dim + d);
+      ss += v * v;
+    }
+    /* HF: x * rsqrt(mean(x^2) + eps), all fp32, then times the weight. */
+    float rs = (float)(1.0 / sqrt(ss / (double)dim + (double)eps));
+    for (int64_t d = 0; d < dim; d++) st(out, r * dim + d, ld(weight, d) * (ld(x, r * dim + d) * rs));
+    if (rstd) F32(rstd)[r] = rs;
+  }
+  return F2_OK;
+}
+
+/* y = w * x * r, r = (mean x^2 + eps)^-1/2:  dw += sum_rows dy*x*r,  dx = r * (g - xhat * mean(g * xhat))
+ * with g = dy * w and xhat = x * r. */
+int f2_rmsnorm_backward(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, const f2_tensor *x,
+                        const f2_tensor *weight, const f2_tensor *rstd) {
+  const char *op = "f2_rmsnorm_backward";
+  int64_t rows = 0, dim = 0;
+  F2_TRY(rmsnorm_args(op, x, weight, &rows, &dim));
+  F2_TRY(arg(op, "dx", dx, FLOAT));
+  F2_TRY(rows_cols(op, "dx", dx, rows, dim));
+  F2_TRY(arg(op, "dy", dy, FLOAT));
+  F2_TRY(rows_cols(op, "dy", dy, rows, dim));
+  F2_TRY(arg(op, "rstd", rstd, F32_ONLY));
+  F2_TRY(shape_is(op, "rstd", rstd, 1, &rows));
+  if (dweight) {
+    F2_TRY(arg(op, "dweight", dweight, F32_ONLY));
+    F2_TRY(shape_is(op, "dweight", dweight, 1, &dim));
+  }
+  for (int64_t r = 0; r < rows; r++) {
+    double rs = F32(rstd)[r], dot = 0;
+    for (int64_t d = 0; d < dim; d++) dot += (double)ld(dy, r * dim + d) * ld(weight, d) * ld(x, r * dim + d) * rs;
+    double mean = dot / (double)dim;
+    for (int64_t d = 0; d < dim; d++) {
+      double xhat = ld(x, r * dim + d) * rs, g = (double)ld(dy, r * dim + d) * ld(weight, d);
+      if (dweight) F32(dweight)[d] += (float)(ld(dy, r * dim + d) * xhat);
+      st(dx, r * dim + d, (float)(rs * (g - xhat * mean)));
+    }
+  }
+  return F2_OK;
+}
+
+/* ---------------------------------------------------------------- RoPE, HF rotate-half convention
+ * Pairs are (i, i + Dh/2): out_i = x_i cos - x_{i+h} sin, out_{i+h} = x_{i+h} cos + x_i sin, with the
+ * angle pos * inv_freq[i]. Position t of every sequence uses row t of the tables (narrow them for an
+ * offset). */
+
+int f2_rope_tables(f2_tensor *cos_table, f2_tensor *sin_table, const f2_tensor *inv_freq) {
+  const char *op = "f2_rope_tables";
+  F2_TRY(arg(op, "cos", cos_table, F32_ONLY));
+  F2_TRY(arg(op, "sin", sin_table, F32_ONLY));
+  F2_TRY(arg(op, "inv_freq", inv_freq, F32_ONLY));
+  if (inv_freq->ndim != 1) return F2_FAIL(F2_ERR_ARG, "%s: inv_freq must be 1-D", op);
+  if (cos_table->ndim != 2) return F2_FAIL(F2_ERR_ARG, "%s: cos must be 2-D [positions, head_dim/2]", op);
+  int64_t half = inv_freq->shape[0], positions = cos_table->shape[0], shape[2] = {positions, half};
+  F2_TRY(shape_is(op, "cos", cos_table, 2, shape));
+  F2_TRY(shape_is(op, "sin", sin_table, 2, shape));
+  for (int64_t t = 0; t < positions; t++)
+    for (int64_t i = 0; i < half; i++) {
+      /* The angle rounded to fp32 as HF computes it (position and inv_freq as floats). */
+      float angle = (float)t * F32(inv_freq)[i];
+      F32(cos_table)[t * half + i] = (float)cos((double)angle);
+      F32(sin_table)[t * half + i] = (float)sin((double)angle);
+    }
+  return F2_OK;
+}
+
+static int rope(const char *op, f2_tensor *out, const f2_tensor *x, const f2_tensor *cos_table,
+                const f2_tensor *sin_table, float sign) {
+  F2_TRY(arg(op, "out", out, FLOAT));
+  F2_TRY(arg(op, "x", x, FLOAT));
+  F2_TRY(arg(op, "cos", cos_table, F32_ONLY));
+  F2_TRY(arg(op, "sin", sin_table, F32_ONLY));
+  if (x->ndim != 4) return F2_FAIL(F2_ERR_ARG, "%s: x must be 4-D [batch, seq, heads, head_dim], has %d dims", op, (int)x->ndim);
+  int64_t batch = x->shape[0], seq = x->shape[1], heads = x->shape[2], hd = x->shape[3], half = hd / 2;
+  if (hd % 2) return F2_FAIL(F2_ERR_ARG, "%s: head_dim %lld is odd", op, (long long)hd);
+  F2_TRY(shape_is(op, "out", out, 4, x->shape));
+  if (cos_table->ndim != 2 || cos_table->shape[1] != half || cos_table->shape[0] < seq) {
+    char got[128];
+    return F2_FAIL(F2_ERR_ARG, "%s: cos has shape %s, expected at least %lld positions of head_dim/2 = %lld", op,
+                   shape_str(cos_table, got, sizeof got), (long long)seq, (long long)half);
+  }
+  F2_TRY(shape_is(op, "sin", sin_table, 2, cos_table->shape));
+  for (int64_t b = 0; b < batch; b++)
+    for (int64_t t = 0; t < seq; t++)
+      for (int64_t h = 0; h < heads; h++) {
+        int64_t base = ((b * seq + t) * heads + h) * hd;
+        for (int64_t i = 0; i < half; i++) {
+          float c = F32(cos_table)[t * half + i], s = sign * F32(sin_table)[t * half + i];
+          float x1 = ld(x, base + i), x2 = ld(x, base + i + half);   /* read both before out may overwrite */
+          st(out, base + i, x1 * c - x2 * s);
+          st(out, base + i + half, x2 * c + x1 * s);
+        }
+      }
+  return F2_OK;
+}
+
+int f2_rope_forward(f2_tensor *out, const f2_tensor *x, const f2_tensor *cos_table, const f2_tensor *sin_table) {
+  return rope("f2_rope_forward", out, x, cos_table, sin_table, 1.0f);
+}
+
+/* The rotation is orthogonal: its gradient is the rotation by the opposite angle. */
+int f2_rope_backward(f2_tensor *dx, const f2_tensor *dout, const f2_tensor *cos_table, const f2_tensor *sin_table) {
+  return rope("f2_rope_backward", dx, dout, cos_table, sin_table, -1.0f);
+}
+
+/* ---------------------------------------------------------------- causal GQA attention
+ * q [B,T,H,Dh], k and v [B,T,Hkv,Dh]; query head h reads KV head h / (H / Hkv) (HF's repeat_kv).
+ * lse [B,H,T] keeps log-sum-exp of the scaled scores of each query for the backward. */
+
+static int attention_args(const char *op, const f2_tensor *q, const f2_tensor *k, const f2_tensor *v,
+                          const f2_tensor *out, const f2_tensor *lse) {
+  F2_TRY(arg(op, "q", q, FLOAT));
+  F2_TRY(arg(op, "k", k, FLOAT));
+  F2_TRY(arg(op, "v", v, FLOAT));
+  if (q->ndim != 4) return F2_FAIL(F2_ERR_ARG, "%s: q must be 4-D [batch, seq, heads, head_dim], has %d dims", op, (int)q->ndim);
+  if (k->ndim != 4) return F2_FAIL(F2_ERR_ARG, "%s: k must be 4-D [batch, seq, kv_heads, head_dim], has %d dims", op, (int)k->ndim);
+  int64_t heads = q->shape[2], kv_heads = k->shape[2], hd = q->shape[3];
+  int64_t kshape[4] = {q->shape[0], q->shape[1], kv_heads, hd}, lshape[3] = {q->shape[0], heads, q->shape[1]};
+  F2_TRY(shape_is(op, "k", k, 4, kshape));
+  F2_TRY(shape_is(op, "v", v, 4, kshape));
+  if (kv_heads < 1 || heads % kv_heads)
+    return F2_FAIL(F2_ERR_ARG, "%s: %lld query heads are not a multiple of %lld KV heads", op, (long long)heads,
+                   (long long)kv_heads);
+  if (hd > ATTN_MAX_HEAD_DIM) return F2_FAIL(F2_ERR_UNSUPPORTED, "%s: head_dim %lld above %d", op, (long long)hd, ATTN_MAX_HEAD_DIM);
+  if (out) {
+    F2_TRY(arg(op, "out", out, FLOAT));
+    F2_TRY(shape_is(op, "out", out, 4, q->shape));
+  }
+  if (lse) {
+    F2_TRY(arg(op, "lse", lse, F32_ONLY));
+    F2_TRY(shape_is(op, "lse", lse, 3, lshape));
+  }
+  return F2_OK;
+}
+
+static inline double dot_rows(const f2_tensor *a, int64_t ia, const f2_tensor *b, int64_t ib, int64_t n) {
+  double s = 0;
+  for (int64_t d = 0; d < n; d++) s += (double)ld(a, ia + d) * ld(b, ib + d);
+  return s;
+}
+
+int f2_attention_forward(f2_tensor *out, f2_tensor *lse, const f2_tensor *q, const f2_tensor *k, const f2_tensor *v,
+                         float scale) {
+  const char *op = "f2_attention_forward";
+  if (!out) return F2_FAIL(F2_ERR_ARG, "%s: out is NULL", op);
+  F2_TRY(attention_args(op, q, k, v, out, lse));
+  int64_t batch = q->shape[0], seq = q->shape[1], heads = q->shape[2], hd = q->shape[3], kvh = k->shape[2];
+  int64_t group = heads / kvh;
+  double acc[ATTN_MAX_HEAD_DIM];
+  for (int64_t b = 0; b < batch; b++)
+    for (int64_t h = 0; h < heads; h++)
+      for (int64_t i = 0; i < seq; i++) {
+        /* Online softmax over keys 0..i: running max m and sum l, acc rescaled when m grows. */
+        int64_t qi = ((b * seq + i) * heads + h) * hd;
+        double m = -INFINITY, l = 0;
+        for (int64_t d = 0; d < hd; d++) acc[d] = 0;
+        for (int64_t j = 0; j <= i; j++) {
+          int64_t kj = ((b * seq + j) * kvh + h / group) * hd;
+          double s = scale * dot_rows(q, qi, k, kj, hd);
+          double m_new = s > m ? s : m, corr = exp(m - m_new), p = exp(s - m_new);
+          l = l * corr + p;
+          for (int64_t d = 0; d < hd; d++) acc[d] = acc[d] * corr + p * ld(v, kj + d);
+          m = m_new;
+        }
+        for (int64_t d = 0; d < hd; d++) st(out, qi + d, (float)(acc[d] / l));
+        if (lse) F32(lse)[(b * heads + h) * seq + i] = (float)(m + log(l));
+      }
+  return F2_OK;
+}
+
+/* With p_ij = exp(s_ij - lse_i) and D_i = dout_i . out_i:  dv_j += p_ij dout_i,
+ * ds_ij = p_ij (dout_i . v_j - D_i),  dq_i += scale ds_ij k_j,  dk_j += scale ds_ij q_i. */
+int f2_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tensor *dv, const f2_tensor *dout, const f2_tensor *q,
+                          const f2_tensor *k, const f2_tensor *v, const f2_tensor *out, const f2_tensor *lse,
+                          float scale) {
+  const char *op = "f2_attention_backward";
+  if (!out) return F2_FAIL(F2_ERR_ARG, "%s: out is NULL", op);
+  if (!lse) return F2_FAIL(F2_ERR_ARG, "%s: lse is NULL", op);
+  F2_TRY(attention_args(op, q, k, v, out, lse));
+  F2_TRY(arg(op, "dout", dout, FLOAT));
+  F2_TRY(shape_is(op, "dout", dout, 4, q->shape));
+  F2_TRY(arg(op, "dq", dq, F32_ONLY));
+  F2_TRY(shape_is(op, "dq", dq, 4, q->shape));
+  F2_TRY(arg(op, "dk", dk, F32_ONLY));
+  F2_TRY(shape_is(op, "dk", dk, 4, k->shape));
+  F2_TRY(arg(op, "dv", dv, F32_ONLY));
+  F2_TRY(shape_is(op, "dv", dv, 4, v->shape));
+  int64_t batch = q->shape[0], seq = q->shape[1], heads = q->shape[2], hd = q->shape[3], kvh = k->shape[2];
+  int64_t group = heads / kvh;
+  memset(dq->data, 0, f2_tensor_nbytes(dq));
+  memset(dk->data, 0, f2_tensor_nbytes(dk));
+  memset(dv->data, 0, f2_tensor_nbytes(dv));
+  for (int64_t b = 0; b < batch; b++)
+    for (int64_t h = 0; h < heads; h++)
+      for (int64_t i = 0; i < seq; i++) {
+        int64_t qi = ((b * seq + i) * heads + h) * hd;
+        double lse_i = F32(lse)[(b * heads + h) * seq + i], D = dot_rows(dout, qi, out, qi, hd);
+        for (int64_t j = 0; j <= i; j++) {
+          int64_t kj = ((b * seq + j) * kvh + h / group) * hd;
+          double p = exp(scale * dot_rows(q, qi, k, kj, hd) - lse_i);
+          double ds = p * (dot_rows(dout, qi, v, kj, hd) - D);
+          for (int64_t d = 0; d < hd; d++) {
+            F32(dv)[kj + d] += (float)(p * ld(dout, qi + d));
+            F32(dq)[qi + d] += (float)(scale * ds * ld(k, kj + d));
+            F32(dk)[kj + d] += (float)(scale * ds * ld(q, qi + d));
+          }
+        }
+      }
+  return F2_OK;
+}
+
+/* ---------------------------------------------------------------- SwiGLU: out = silu(gate) * up */
+
+static int swiglu_args(const char *op, const f2_tensor *gate, const f2_tensor *up) {
+  F2_TRY(arg(op, "gate", gate, FLOAT));
+  F2_TRY(arg(op, "up", up, FLOAT));
+  return shape_is(op, "up", up, gate->ndim, gate->shape);
+}
+
+int f2_swiglu_forward(f2_tensor *out, const f2_tensor *gate, const f2_tensor *up) {
+  const char *op = "f2_swiglu_forward";
+  F2_TRY(swiglu_args(op, gate, up));
+  F2_TRY(arg(op, "out", out, FLOAT));
+  F2_TRY(shape_is(op, "out", out, gate->ndim, gate->shape));
+  int64_t n = f2_tensor_numel(gate);
+  for (int64_t i = 0; i < n; i++) {
+    float g = ld(gate, i);
+    st(out, i, g / (1.0f + expf(-g)) * ld(up, i));
+  }
+  return F2_OK;
+}
+
+/* silu'(g) = s (1 + g (1 - s)) with s = sigmoid(g). dgate and dup may alias gate and up. */
+int f2_swiglu_backward(f2_tensor *dgate, f2_tensor *dup, const f2_tensor *dout, const f2_tensor *gate,
+                       const f2_tensor *up) {
+  const char *op = "f2_swiglu_backward";
+  F2_TRY(swiglu_args(op, gate, up));
+  F2_TRY(arg(op, "dout", dout, FLOAT));
+  F2_TRY(shape_is(op, "dout", dout, gate->ndim, gate->shape));
+  F2_TRY(arg(op, "dgate", dgate, FLOAT));
+  F2_TRY(shape_is(op, "dgate", dgate, gate->ndim, gate->shape));
+  F2_TRY(arg(op, "dup", dup, FLOAT));
+  F2_TRY(shape_is(op, "dup", dup, gate->ndim, gate->shape));
+  int64_t n = f2_tensor_numel(gate);
+  for (int64_t i = 0; i < n; i++) {
+    float g = ld(gate, i), u = ld(up, i), dy = ld(dout, i), s = 1.0f / (1.0f + expf(-g));
+    st(dgate, i, dy * u * s * (1.0f + g * (1.0f - s)));
+    st(dup, i, dy * g * s);
+  }
+  return F2_OK;
+}
+
+/* ---------------------------------------------------------------- cross-entropy with ignore_index
+ * logits [..., V] as N rows; loss = mean over rows whose target is not ignore_index of
+ * lse(row) - row[target]. With no counted row the loss and its gradient are 0 (torch gives NaN). */
+
+static int ce_args(const char *op, const f2_tensor *logits, const f2_tensor *targets, int32_t ignore_index,
+                   int64_t *rows, int64_t *vocab, int64_t *counted) {
+  F2_TRY(arg(op, "logits", logits, FLOAT));
+  F2_TRY(arg(op, "targets", targets, I32_ONLY));
+  if (logits->ndim < 1 || logits->shape[logits->ndim - 1] < 1)
+    return F2_FAIL(F2_ERR_ARG, "%s: logits must have a last (vocabulary) dim", op);
+  *vocab = logits->shape[logits->ndim - 1];
+  *rows = f2_tensor_numel(targets);
+  F2_TRY(rows_cols(op, "logits", logits, *rows, *vocab));
+  *counted = 0;
+  for (int64_t r = 0; r < *rows; r++) {
+    int32_t t = I32(targets)[r];
+    if (t == ignore_index) continue;
+    if (t < 0 || t >= *vocab)
+      return F2_FAIL(F2_ERR_ARG, "%s: targets[%lld] = %d is outside [0, %lld) and not ignore_index %d", op,
+                     (long long)r, (int)t, (long long)*vocab, (int)ignore_index);
+    (*counted)++;
+  }
+  return F2_OK;
+}
+
+static double row_lse(const f2_tensor *logits, int64_t base, int64_t vocab) {
+  double m = -INFINITY, s = 0;
+  for (int64_t c = 0; c < vocab; c++) m = fmax(m, ld(logits, base + c));
+  for (int64_t c = 0; c < vocab; c++) s += exp(ld(logits, base + c) - m);
+  return m + log(s);
+}
+
+int f2_cross_entropy_forward(f2_tensor *loss, f2_tensor *losses, const f2_tensor *logits, const f2_tensor *targets,
+                             int32_t ignore_index) {
+  const char *op = "f2_cross_entropy_forward";
+  int64_t rows, vocab, counted;
+  F2_TRY(ce_args(op, logits, targets, ignore_index, &rows, &vocab, &counted));
+  F2_TRY(arg(op, "loss", loss, F32_ONLY));
+  if (f2_tensor_numel(loss) != 1) return F2_FAIL(F2_ERR_ARG, "%s: loss must have one element", op);
+  if (losses) {
+    F2_TRY(arg(op, "losses", losses, F32_ONLY));
+    F2_TRY(shape_is(op, "losses", losses, 1, &rows));
+  }
+  double total = 0;
+  for (int64_t r = 0; r < rows; r++) {
+    int32_t t = I32(targets)[r];
+    double l = t == ignore_index ? 0 : row_lse(logits, r * vocab, vocab) - ld(logits, r * vocab + t);
+    total += l;
+    if (losses) F32(losses)[r] = (float)l;
+  }
+  F32(loss)[0] = counted ? (float)(total / (double)counted) : 0.0f;
+  return F2_OK;
+}
+
+/* dlogits = dloss / counted * (softmax(row) - onehot(target)); 0 on ignored rows. */
+int f2_cross_entropy_backward(f2_tensor *dlogits, const f2_tensor *logits, const f2_tensor *targets,
+                              int32_t ignore_index, float dloss) {
+  const char *op = "f2_cross_entropy_backward";
+  int64_t rows, vocab, counted;
+  F2_TRY(ce_args(op, logits, targets, ignore_index, &rows, &vocab, &counted));
+  F2_TRY(arg(op, "dlogits", dlogits, FLOAT));
+  F2_TRY(rows_cols(op, "dlogits", dlogits, rows, vocab));
+  double g = counted ? (double)dloss / (double)counted : 0;
+  for (int64_t r = 0; r < rows; r++) {
+    int32_t t = I32(targets)[r];
+    if (t == ignore_index) {
+      for (int64_t c = 0; c < vocab; c++) st(dlogits, r * vocab + c, 0.0f);
+      continue;
+    }
+    double lse = row_lse(logits, r * vocab, vocab);
+    for (int64_t c = 0; c < vocab; c++)
+      st(dlogits, r * vocab + c, (float)(g * (exp(ld(logits, r * vocab + c) - lse) - (c == t))));
+  }
+  return F2_OK;
+}
