@@ -18,13 +18,15 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# Python packages the tests use as independent references (numpy; later safetensors, gguf,
-# tokenizers). Installed only when missing.
-py_packages=(numpy)
-[ "${F2_SETUP_TEST_DEPS:-0}" = 1 ] && py_packages+=(safetensors gguf tokenizers)
+# Python packages the tests use as independent references, pinned where a test depends on the exact
+# behaviour (tokenizers: the Unicode tables of tests/python/test_tokenizer.py). Installed when missing
+# or at another version.
+py_packages=(numpy==2.4.6)
+[ "${F2_SETUP_TEST_DEPS:-0}" = 1 ] && py_packages+=(safetensors==0.8.0 gguf==0.19.0 tokenizers==0.23.3)
 py_missing=()
-for p in "${py_packages[@]}"; do
-  python3 -c "import $p" 2>/dev/null || py_missing+=("$p")
+for spec in "${py_packages[@]}"; do
+  have=$(python3 -c "import importlib.metadata as m; print(m.version('${spec%%==*}'))" 2>/dev/null || true)
+  [ "$have" = "${spec##*==}" ] || py_missing+=("$spec")
 done
 if ((${#py_missing[@]})); then
   echo "setup: pip installing ${py_missing[*]}"

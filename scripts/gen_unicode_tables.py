@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""gen_unicode_tables.py — writes runtime/unicode_tables.h, the Unicode tables of the tokenizer.
+
+fairy2's tokenizer must split and normalize text exactly as Hugging Face `tokenizers` does, and the
+pieces of `tokenizers` that look at Unicode are at three different Unicode versions (measured on
+tokenizers 0.23 by probing every code point; tests/python/test_tokenizer.py re-checks it):
+
+  * the pre-tokenizer regexes (Oniguruma): \\p{L}, \\p{N} at Unicode 16.0
+        -> from the PyPI package unicodedata2==16.0.0;
+  * the Digits pre-tokenizer (Rust's char::is_numeric): Nd|Nl|No at Unicode 17.0
+        -> from the PyPI package `regex` (its tables are Unicode 17.0);
+  * the NFC normalizer (crate unicode-normalization-alignments): Unicode 9.0
+        -> decompositions, combining classes and composition exclusions from the Unicode Character
+           Database text files of Debian's unicode-data package (/usr/share/unicode), limited to the
+           code points assigned by 9.0 (DerivedAge.txt). Decompositions and combining classes of an
+           assigned code point never change between versions, so this is the 9.0 table.
+
+\\s (Oniguruma, White_Space) is a short fixed list in runtime/tokenizer.c.
+
+Run: python3 scripts/gen_unicode_tables.py [UCD_DIR]   (needs: pip install unicodedata2==16.0.0 regex;
+apt-get install unicode-data). Writes runtime/unicode_tables.h next to this script's repository.
+"""
+import os
+import sys
+
+import regex
+import unicodedata2
+
+UCD = sys.argv[1] if len(sys.argv) > 1 else "/usr/share/unicode"
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "runtime", "unicode_tables.h")
+NFC_AGE = (9, 0)
+MAX_CP = 0x110000
+HANGUL_FIRST, HANGUL_LAST = 0xAC00, 0xD7A3
+
+
+def ucd_lines(name):
+    with open(os.path.join(UCD, name), encoding="utf-8") as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                yield [field.strip() for field in line.split(";")]
+
+
+def cp_range(text):
+    lo, _, hi = text.partition("..")
+    return int(lo, 16), int(hi or lo, 16)
+
+
+def assigned_by(version):
+    out = set()
+    for fields in ucd_lines("DerivedAge.txt"):
+        lo, hi = cp_range(fields[0])
+        if tuple(int(x) for x in fields[1].split(".")) <= version:
+            out.update(range(lo, hi + 1))
+    return out
+
+
+def ranges(values):
+    """[(first, last, value)] over code points with a nonzero value, adjacent equal values merged."""
+    out = []
+    for cp in range(MAX_CP):
+        v = values(cp)
+        if not v:
+            continue
+        if out and out[-1][1] == cp - 1 and out[-1][2] == v:
+            out[-1][1] = cp
+        else:
+            out.append([cp, cp, v])
+    return out
+
+
+def main():
+    # ---- character classes
+    num17 = regex.compile(r"\p{N}")
+    classes = [0] * MAX_CP
+    for cp in range(MAX_CP):
+        if 0xD800 <= cp < 0xE000:
+            continue
+        ch = chr(cp)
+        cat = unicodedata2.category(ch)
+        classes[cp] = (1 if cat[0] == "L" else 0) | (2 if cat[0] == "N" else 0) | (4 if num17.match(ch) else 0)
+    class_ranges = ranges(lambda cp: classes[cp])
+
+    # ---- NFC at Unicode 9.0
+    old = assigned_by(NFC_AGE)
+    ccc, decomp = {}, {}
+    for f in ucd_lines("UnicodeData.txt"):
+        cp = int(f[0], 16)
+        if cp not in old or "First>" in f[1] or "Last>" in f[1]:
+            continue   # the First/Last blocks (CJK, Hangul, ...) have neither combining class nor mapping
+        if int(f[3]):
+            ccc[cp] = int(f[3])
+        if f[5] and not f[5].startswith("<"):
+            decomp[cp] = [int(x, 16) for x in f[5].split()]
+    excluded = set()
+    for f in ucd_lines("DerivedNormalizationProps.txt"):
+        if f[1] == "Full_Composition_Exclusion":
+            lo, hi = cp_range(f[0])
+            excluded.update(range(lo, hi + 1))
+    compose = sorted((d[0], d[1], cp) for cp, d in decomp.items() if len(d) == 2 and cp not in excluded)
+    ccc_ranges = ranges(lambda cp: ccc.get(cp, 0))
+    # Code points that may change under NFC or change what precedes them: text without any of these
+    # is already NFC. Hangul syllables decompose (algorithmically); vowel and trailing jamo compose.
+    seconds = {c[1] for c in compose}
+    maybe = set(ccc) | set(decomp) | seconds | set(range(HANGUL_FIRST, HANGUL_LAST + 1))
+    maybe |= set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))
+    maybe_ranges = ranges(lambda cp: 1 if cp in maybe else 0)
+    assert all(len(d) in (1, 2) for d in decomp.values())
+
+    def rows(items, per_line, fmt):
+        lines = []
+        for i in range(0, len(items), per_line):
+            lines.append("  " + " ".join(fmt(x) for x in items[i:i + per_line]))
+        return "\n".join(lines)
+
+    readme = open(os.path.join(UCD, "ReadMe.txt"), encoding="utf-8").read()
+    ucd_date = next((l.split(":", 1)[1].strip() for l in readme.splitlines() if l.startswith("# Date:")), "?")
+    with open(OUT, "w") as out:
+        out.write(f"""/* unicode_tables.h — GENERATED by scripts/gen_unicode_tables.py: do not edit by hand.
+ * The Unicode tables of runtime/tokenizer.c, at the versions Hugging Face tokenizers uses:
+ *   classes: onig \\p{{L}} / \\p{{N}} from unicodedata2 {unicodedata2.unidata_version},
+ *            Rust char::is_numeric from regex {regex.__version__} (Unicode 17.0);
+ *   NFC:     Unicode {NFC_AGE[0]}.{NFC_AGE[1]} (UCD files dated {ucd_date}, limited by DerivedAge to {NFC_AGE[0]}.{NFC_AGE[1]}).
+ * Generated with Python {sys.version.split()[0]}. */
+#ifndef F2_UNICODE_TABLES_H
+#define F2_UNICODE_TABLES_H
+#include <stdint.h>
+
+enum {{ F2U_LETTER = 1, F2U_NUMBER = 2, F2U_NUMERIC = 4 }};
+
+/* {{first, last, classes}}: classes is F2U_LETTER | F2U_NUMBER | F2U_NUMERIC; sorted, disjoint. */
+static const uint32_t f2u_class_ranges[{len(class_ranges)}][3] = {{
+{rows(class_ranges, 4, lambda r: "{0x%X,0x%X,%d}," % tuple(r))}
+}};
+
+/* {{first, last, canonical combining class}} (nonzero only); sorted, disjoint. */
+static const uint32_t f2u_ccc_ranges[{len(ccc_ranges)}][3] = {{
+{rows(ccc_ranges, 5, lambda r: "{0x%X,0x%X,%d}," % tuple(r))}
+}};
+
+/* {{code point, first, second}}: canonical decomposition mappings (second = 0 for singletons),
+ * Hangul syllables excluded (algorithmic); sorted by code point. */
+static const uint32_t f2u_decompositions[{len(decomp)}][3] = {{
+{rows(sorted(decomp.items()), 4, lambda kv: "{0x%X,0x%X,0x%X}," % (kv[0], kv[1][0], kv[1][1] if len(kv[1]) > 1 else 0))}
+}};
+
+/* {{first, second, composite}}: primary composites, Hangul excluded; sorted by (first, second). */
+static const uint32_t f2u_compositions[{len(compose)}][3] = {{
+{rows(compose, 4, lambda c: "{0x%X,0x%X,0x%X}," % c)}
+}};
+
+/* {{first, last}}: code points that NFC may change or combine with what precedes them. */
+static const uint32_t f2u_nfc_maybe_ranges[{len(maybe_ranges)}][2] = {{
+{rows(maybe_ranges, 6, lambda r: "{0x%X,0x%X}," % (r[0], r[1]))}
+}};
+#endif
+""")
+    print(f"wrote {OUT}: {len(class_ranges)} class ranges, {len(ccc_ranges)} ccc ranges, "
+          f"{len(decomp)} decompositions, {len(compose)} compositions, {len(maybe_ranges)} nfc-maybe ranges")
+
+
+if __name__ == "__main__":
+    main()
