@@ -9,8 +9,7 @@
  * one writing pass is the fewest. Per-row and per-group scales need no grid-wide sum: one launch, a warp
  * per scale group, its T + 1 passes over the group served from L1/L2. No atomics touch a sum: block
  * partial sums land in fixed slots and are reduced in a fixed order (one counter only elects the
- * block that does it). Layers of a batch run in the same launches (blockIdx.y = layer), in groups
- * whose R fits in L2, so the T re-reads of per-tensor scales mostly come from L2. */
+ * block that does it). Layers of a batch run in the same launches (blockIdx.y = layer). */
 #include "f2_cuda.cuh"
 #include "../runtime/f2_fairy2.h"
 
@@ -18,7 +17,7 @@
 
 namespace {
 
-enum { MAX_LAYERS = 32, MAX_CALL_LAYERS = 64, GROUP_WARPS = 8 };
+enum { MAX_LAYERS = 64, MAX_CALL_LAYERS = 64, GROUP_WARPS = 8 };
 
 struct Layer {
   const float *r;
@@ -313,19 +312,12 @@ extern "C" int f2_cuda_fairy2_quantize(f2_tensor *const *r_hat, f2_tensor *const
   int check = first_bad && capture == cudaStreamCaptureStatusNone;
   if (check) F2_CUDA_CHECK(cudaMemsetAsync(workspace.first_bad, 0xff, sizeof(unsigned long long) * count, stream));
 
-  /* Per-tensor scales read R T + 1 times: launch groups of layers whose R fits in a third of L2 keep
-   * the re-reads out of DRAM (per-row/group launches read each group once from DRAM anyway). */
-  size_t group_bytes = (size_t)-1;
-  if (cfg->granularity == F2_FAIRY2_PER_TENSOR) {
-    int device = 0, l2 = 0;
-    F2_CUDA_CHECK(cudaGetDevice(&device));
-    F2_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
-    group_bytes = (size_t)l2 / 3 > ((size_t)4 << 20) ? (size_t)l2 / 3 : ((size_t)4 << 20);
-  }
+  /* One batch per MAX_LAYERS layers: fewer, larger launches. Batches sized to a third of L2 (to serve
+   * the T re-reads from L2) measured 0.78 / 1.23 ms for T = 1 / 2 over SmolLM2's 210 layers on an H200,
+   * one batch per 64 layers 0.60 / 0.90 ms; both are bound by instructions, not DRAM (ncu: ~30% of DRAM
+   * bandwidth, ~60% SM throughput). docs/performance.md has the table. */
   for (int32_t c0 = 0, k = 0; c0 < count; c0 += k) {
-    size_t bytes = f2_tensor_nbytes(r[c0]);
-    for (k = 1; c0 + k < count && k < MAX_LAYERS && bytes + f2_tensor_nbytes(r[c0 + k]) <= group_bytes; k++)
-      bytes += f2_tensor_nbytes(r[c0 + k]);
+    k = count - c0 < MAX_LAYERS ? count - c0 : MAX_LAYERS;
     Batch b = {};
     b.stages = T;
     b.partials = workspace.partials;
