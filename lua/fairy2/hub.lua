@@ -1,6 +1,7 @@
 -- hub.lua — resolves a model source string to what a model builder needs:
 --   hub.resolve("gguf:models/smollm2-135m-instruct.gguf")   -- or any path ending .gguf
 --   hub.resolve("path/to/hf_dir")       -- config.json + model.safetensors or model.safetensors.index.json
+--   hub.resolve("packed:model.f2.safetensors")   -- a packed Fairy2 file (export.lua): R_hat dequantized
 --   hub.resolve("hf:org/name")          -- not implemented yet (needs the HTTP client)
 -- -> { config = config.from_json(...) description, state = { hf_name = CPU tensor },
 --      names = { hf names in file order }, tokenizer_source = { kind = "json", path = } or
@@ -56,7 +57,10 @@ function M.resolve(source, opts)
   end
   local path = source:match("^gguf:(.+)$")
   local ok, res, err
-  if path or source:match("%.gguf$") then
+  local packed = source:match("^packed:(.+)$")
+  if packed then
+    ok, res, err = pcall(require("fairy2.export").read_packed, packed)
+  elseif path or source:match("%.gguf$") then
     ok, res, err = pcall(from_gguf, path or source, opts)
   else
     ok, res, err = pcall(from_dir, (source:gsub("/+$", "")), opts)
