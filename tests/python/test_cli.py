@@ -10,21 +10,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 BIN = os.environ.get("F2_BIN", "build/fairy2")
 SRC = os.environ.get("F2_SOURCE_DIR", os.getcwd())
 RECIPES = os.path.join(SRC, "tests", "lua", "recipes")
-passed = failed = 0
-
-
-def check(cond, what, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAILED {what}\n{detail}", file=sys.stderr)
+from f2harness import check, summary, test_seed  # noqa: E402
 
 
 def run(*args, stdin=None, env=None, cwd=SRC):
@@ -41,8 +31,7 @@ def one_line_error(rc, err, status, *needles, what=""):
     check(ok, f"{what}: exit {status} and one line 'fairy2: ...' containing {needles}", f"rc={rc} stderr={err!r}")
 
 
-seed = int(os.environ.get("F2_TEST_SEED", int(time.time()) % 1000003))
-print(f"seed {seed} (F2_TEST_SEED to replay)")
+seed = test_seed()
 rng = random.Random(seed)
 tmp = tempfile.mkdtemp(prefix="f2cli")
 
@@ -203,5 +192,4 @@ if os.path.exists(os.path.join(SRC, "lua", "fairy2", "tensor.lua")):
         check(worst <= 2e-3 * scale, "default.lua's matmul agrees with plain Lua", diff[0])
 
 shutil.rmtree(tmp)
-print(f"{passed} passed, {failed} failed")
-sys.exit(0 if failed == 0 else 1)
+sys.exit(summary())

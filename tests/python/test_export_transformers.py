@@ -20,7 +20,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 
 try:
     import numpy as np
@@ -34,17 +33,7 @@ except ImportError as e:
 BIN = os.environ.get("F2_BIN", "build/fairy2")
 SRC = os.environ.get("F2_SOURCE_DIR", os.getcwd())
 GGUF = os.path.join(SRC, "models", "smollm2-135m-instruct.gguf")
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAILED " + what, file=sys.stderr)
-    return cond
+from f2harness import check, summary, test_seed  # noqa: E402
 
 
 CASES = {
@@ -195,8 +184,7 @@ def rel(a, b):
 
 
 def main():
-    seed = int(os.environ.get("F2_TEST_SEED", time.time_ns() % 1000003))
-    print(f"seed {seed} (F2_TEST_SEED to replay)")
+    seed = test_seed()
     rng = random.Random(seed)
     transformers.utils.logging.disable_progress_bar()
     major = int(transformers.__version__.split(".")[0])
@@ -267,8 +255,7 @@ def main():
                       "tokenizer: the chat template renders as fairy2's")
                 print(f"tokenizer from the GGUF: {len(texts) - bad} of {len(texts)} texts encode as fairy2's "
                       f"(tokenizers and AutoTokenizer)")
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":

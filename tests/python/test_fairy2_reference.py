@@ -6,7 +6,6 @@ Env: F2_LIB = libfairy2.so; F2_TEST_SEED replays a run."""
 import ctypes as C
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -38,16 +37,7 @@ for name, nargs in [("f2_fairy2_quantize", 4), ("f2_fairy2_split", 5), ("f2_fair
 lib.f2_fairy2_scale_groups.restype = C.c_int64
 lib.f2_fairy2_scale_groups.argtypes = [C.POINTER(Config), C.c_int64, C.c_int64]
 
-passed = failed = 0
-
-
-def check(cond, msg):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAILED:", msg, file=sys.stderr)
+from f2harness import check, summary, test_seed  # noqa: E402
 
 
 class Wrapped:
@@ -114,8 +104,7 @@ def compare(r, stages, granularity=0, group_size=0, what=""):
 
 
 def main():
-    seed = int(os.environ.get("F2_TEST_SEED") or (time.time_ns() % 1000003))
-    print(f"seed {seed} (F2_TEST_SEED to replay)")
+    seed = test_seed()
     rng = np.random.default_rng(seed)
 
     # Split and rebuild against the formula, and the round trip.
@@ -235,8 +224,7 @@ def main():
         check(rc == 0 and np.all(np.isnan(scales)) and np.mean(np.isnan(r_hat)) > 0.4,
               "skip_finite_check: non-finite R poisons the scales and so R_hat")
 
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Seed printed; F2_TEST_SEED replays."""
 import ctypes
 import json
 import os
-import random
 import struct
 import subprocess
 import sys
@@ -29,27 +28,13 @@ LIB, BIN, SRC = os.environ.get("F2_LIB"), os.environ.get("F2_BIN"), os.environ.g
 if not LIB or not BIN or not SRC:
     sys.exit("F2_LIB, F2_BIN and F2_SOURCE_DIR must be set (run through ctest)")
 
-seed = int(os.environ.get("F2_TEST_SEED", random.randrange(1 << 31)))
-print(f"seed {seed} (F2_TEST_SEED to replay)")
+from f2harness import Tensor, check, summary, test_seed  # noqa: E402
+
+seed = test_seed()
 rng = np.random.default_rng(seed)
-passed = failed = 0
-
-
-def check(cond, msg):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAILED", msg, file=sys.stderr)
-    return cond
 
 
 # ---------------------------------------------------------------- C API through ctypes
-class Tensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("storage", ctypes.c_void_p), ("dtype", ctypes.c_int32),
-                ("device", ctypes.c_int32), ("ndim", ctypes.c_int32), ("flags", ctypes.c_int32),
-                ("shape", ctypes.c_int64 * 8), ("stride", ctypes.c_int64 * 8)]
 
 
 lib = ctypes.CDLL(LIB)
@@ -617,5 +602,4 @@ print(c.arch, c.vocab_size, c.hidden, c.layers, c.heads, c.kv_heads, c.head_dim,
         else:
             check(False, "prompt tokens missing from the SmolLM2 vocabulary")
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+sys.exit(summary())

@@ -16,17 +16,7 @@ import time
 
 BIN = os.environ.get("F2_BIN", "build/fairy2")
 SRC = os.environ.get("F2_SOURCE_DIR", os.getcwd())
-passed = failed = 0
-
-
-def check(cond, what, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAILED {what}\n{detail}", file=sys.stderr)
-    return cond
+from f2harness import check, summary, test_seed  # noqa: E402
 
 
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -100,8 +90,7 @@ class Repl:
         return None
 
 
-seed = int(os.environ.get("F2_TEST_SEED", int(time.time()) % 1000003))
-print(f"seed {seed} (F2_TEST_SEED to replay)")
+seed = test_seed()
 rng = random.Random(seed)
 home = tempfile.mkdtemp(prefix="f2repl")
 a, b, c = rng.randint(-10**6, 10**6), rng.randint(1, 10**6), rng.randint(2, 99)
@@ -205,5 +194,4 @@ p = subprocess.run([BIN], input=f"{a}*{c}\nlocal s = 0\nfor i = 1, {c} do s = s 
 check(p.returncode == 0 and p.stdout == f"{a * c}\n{c}\n", "a piped session prints only the values", repr(p.stdout) + p.stderr)
 
 shutil.rmtree(home)
-print(f"{passed} passed, {failed} failed")
-sys.exit(0 if failed == 0 else 1)
+sys.exit(summary())

@@ -6,7 +6,6 @@ file and the problem, never a crash. Fresh random tensors every run (seed printe
 import ctypes
 import json
 import os
-import random
 import struct
 import subprocess
 import sys
@@ -21,27 +20,13 @@ BIN = os.environ.get("F2_BIN")
 if not LIB or not BIN:
     sys.exit("F2_LIB and F2_BIN must be set (run through ctest)")
 
-seed = int(os.environ.get("F2_TEST_SEED", random.randrange(1 << 31)))
-print(f"seed {seed} (F2_TEST_SEED to replay)")
+from f2harness import Tensor, check, summary, test_seed  # noqa: E402
+
+seed = test_seed()
 rng = np.random.default_rng(seed)
-passed = failed = 0
-
-
-def check(cond, msg):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAILED", msg, file=sys.stderr)
-    return cond
 
 
 # ---------------------------------------------------------------- the C API through ctypes
-class Tensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("storage", ctypes.c_void_p), ("dtype", ctypes.c_int32),
-                ("device", ctypes.c_int32), ("ndim", ctypes.c_int32), ("flags", ctypes.c_int32),
-                ("shape", ctypes.c_int64 * 8), ("stride", ctypes.c_int64 * 8)]
 
 
 lib = ctypes.CDLL(LIB)
@@ -405,5 +390,4 @@ for k in range(300):
         print("fuzz: error without the file name:", err, file=sys.stderr)
 check(fuzz_ok, "300 fuzzed files: no crash, every refusal names the file")
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+sys.exit(summary())

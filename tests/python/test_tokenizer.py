@@ -38,18 +38,7 @@ QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
-passed = failed = 0
-
-
-def check(cond, msg):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        if failed <= 25:
-            print("FAILED:", msg, file=sys.stderr)
-    return cond
+from f2harness import check, summary, test_seed  # noqa: E402
 
 
 # ---------------------------------------------------------------- texts
@@ -358,8 +347,7 @@ def sweeps(lib, seed):
 # ---------------------------------------------------------------- main
 
 def main():
-    seed = int(os.environ.get("F2_TEST_SEED", time.time_ns() % 1000003))
-    print(f"seed {seed} (F2_TEST_SEED to replay)")
+    seed = test_seed()
     rng = random.Random(seed)
     texts = fixed_texts()
     pieces = texts[:]
@@ -391,8 +379,7 @@ def main():
             print(f"real SmolLM2: skipped ({GGUF} is absent)")
 
     sweeps(ctypes.CDLL(LIB), seed)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":
