@@ -236,6 +236,12 @@ int f2_attention_forward(f2_tensor *out, f2_tensor *lse, const f2_tensor *q, con
 int f2_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tensor *dv, const f2_tensor *dout, const f2_tensor *q,
                           const f2_tensor *k, const f2_tensor *v, const f2_tensor *out, const f2_tensor *lse,
                           float scale);
+/* The same attention for incremental decoding against a KV cache: q/out[B,Tq,H,Dh] are the queries at
+ * positions n_past .. n_past+Tq-1; k_cache/v_cache[B,Tmax,Hkv,Dh] hold the (rotated) keys and values of
+ * positions 0 .. n_past+Tq-1 (the new ones written already), n_past + Tq <= Tmax. Query i attends to
+ * keys 0 .. n_past+i, so out equals rows n_past.. of f2_attention_forward over the whole sequence. */
+int f2_attention_decode(f2_tensor *out, const f2_tensor *q, const f2_tensor *k_cache, const f2_tensor *v_cache,
+                        int64_t n_past, float scale);
 
 /* SwiGLU: out = silu(gate) * up, all one shape. The backward may write dgate/dup over gate/up. */
 int f2_swiglu_forward(f2_tensor *out, const f2_tensor *gate, const f2_tensor *up);
@@ -470,6 +476,14 @@ int f2_tokenize_files(f2_tokenize_stats *stats, const char *out_path, const f2_t
  * special flags and ids and the ids of a fixed probe text, so the same tokenizer loaded from
  * tokenizer.json or from GGUF metadata gets the same id. */
 int f2_data_tokenizer_id(uint64_t *out, const f2_tokenizer *tok);
+
+/* ---------------------------------------------------------------- signals (training runs)
+ * signals.c: while watching, SIGTERM and SIGINT only record the signal; a run polls
+ * f2_signal_pending() between steps, saves and exits. A second signal while one is pending ends the
+ * process the default way. unwatch restores the handlers that were there before (the REPL's). */
+int f2_signal_watch(void);
+int32_t f2_signal_pending(void);    /* the signal number caught since watch, 0 when none */
+int f2_signal_unwatch(void);
 
 /* ---------------------------------------------------------------- line editor (REPL) */
 /* The REPL's line editor (lineedit.c). On a terminal: raw-mode editing (arrows, Home/End,

@@ -1,15 +1,23 @@
 /* nn_cpu.c — the model ops of the Llama/Qwen3 family (embedding, RMSNorm, RoPE, causal GQA attention,
  * SwiGLU, cross-entropy), forward and backward: argument checks, the device dispatch and the plain-C
  * reference. Float inputs f32 or bf16, math in fp32 (sums in double), gradients that accumulate are f32.
- * Every tensor must be contiguous. CUDA kernels for these ops come later: CUDA tensors are refused. */
+ * Every tensor must be contiguous. CUDA kernels for these ops come later: CUDA tensors are refused.
+ * Loops run on OpenMP threads over independent rows, heads or columns, never splitting a sum, so results
+ * do not depend on the thread count; attention goes through f2_cpu_matmul (OpenBLAS when built with it). */
 #include "f2_internal.h"
+#include "ops_cpu.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Head dims up to this fit the attention's on-stack accumulator (no allocation per call). */
 enum { ATTN_MAX_HEAD_DIM = 1024 };
+/* Elements below which a loop stays on one thread (a parallel region costs a few microseconds);
+ * attention works in blocks of ATTN_BLOCK queries (bounds its per-thread scratch). */
+enum { PARALLEL_MIN = 1 << 15, ATTN_BLOCK = 64 };
 
 enum { FLOAT = 1, F32_ONLY = 2, I32_ONLY = 4 };
 
@@ -85,6 +93,7 @@ int f2_embedding_forward(f2_tensor *out, const f2_tensor *weight, const f2_tenso
   int64_t vocab = weight->shape[0], dim = weight->shape[1], n = f2_tensor_numel(ids);
   F2_TRY(rows_cols(op, "out", out, n, dim));
   F2_TRY(check_ids(op, ids, vocab));
+#pragma omp parallel for schedule(static) if (n * dim >= PARALLEL_MIN)
   for (int64_t i = 0; i < n; i++)
     for (int64_t d = 0; d < dim; d++) st(out, i * dim + d, ld(weight, (int64_t)I32(ids)[i] * dim + d));
   return F2_OK;
@@ -129,6 +138,7 @@ int f2_rmsnorm_forward(f2_tensor *out, f2_tensor *rstd, const f2_tensor *x, cons
     F2_TRY(shape_is(op, "rstd", rstd, 1, &rows));
   }
   if (!(eps >= 0)) return F2_FAIL(F2_ERR_ARG, "%s: eps = %g must be >= 0", op, (double)eps);
+#pragma omp parallel for schedule(static) if (rows * dim >= PARALLEL_MIN)
   for (int64_t r = 0; r < rows; r++) {
     double ss = 0;
     for (int64_t d = 0; d < dim; d++) {
@@ -160,13 +170,25 @@ int f2_rmsnorm_backward(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, 
     F2_TRY(arg(op, "dweight", dweight, F32_ONLY));
     F2_TRY(shape_is(op, "dweight", dweight, 1, &dim));
   }
+  int parallel = rows * dim >= PARALLEL_MIN;
+  /* dweight first (dx may be dy): each column sums over the rows in row order; spans of 64 columns
+   * on threads. */
+  if (dweight) {
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t d0 = 0; d0 < dim; d0 += 64)
+      for (int64_t r = 0; r < rows; r++) {
+        double rs = F32(rstd)[r];
+        for (int64_t d = d0; d < d0 + 64 && d < dim; d++)
+          F32(dweight)[d] += (float)(ld(dy, r * dim + d) * (ld(x, r * dim + d) * rs));
+      }
+  }
+#pragma omp parallel for schedule(static) if (parallel)
   for (int64_t r = 0; r < rows; r++) {
     double rs = F32(rstd)[r], dot = 0;
     for (int64_t d = 0; d < dim; d++) dot += (double)ld(dy, r * dim + d) * ld(weight, d) * ld(x, r * dim + d) * rs;
     double mean = dot / (double)dim;
     for (int64_t d = 0; d < dim; d++) {
       double xhat = ld(x, r * dim + d) * rs, g = (double)ld(dy, r * dim + d) * ld(weight, d);
-      if (dweight) F32(dweight)[d] += (float)(ld(dy, r * dim + d) * xhat);
       st(dx, r * dim + d, (float)(rs * (g - xhat * mean)));
     }
   }
@@ -214,17 +236,17 @@ static int rope(const char *op, f2_tensor *out, const f2_tensor *x, const f2_ten
                    shape_str(cos_table, got, sizeof got), (long long)seq, (long long)half);
   }
   F2_TRY(shape_is(op, "sin", sin_table, 2, cos_table->shape));
-  for (int64_t b = 0; b < batch; b++)
-    for (int64_t t = 0; t < seq; t++)
-      for (int64_t h = 0; h < heads; h++) {
-        int64_t base = ((b * seq + t) * heads + h) * hd;
-        for (int64_t i = 0; i < half; i++) {
-          float c = F32(cos_table)[t * half + i], s = sign * F32(sin_table)[t * half + i];
-          float x1 = ld(x, base + i), x2 = ld(x, base + i + half);   /* read both before out may overwrite */
-          st(out, base + i, x1 * c - x2 * s);
-          st(out, base + i + half, x2 * c + x1 * s);
-        }
+#pragma omp parallel for schedule(static) if (batch * seq * heads * hd >= PARALLEL_MIN)
+  for (int64_t bt = 0; bt < batch * seq; bt++)   /* rows (b, t) on threads */
+    for (int64_t h = 0; h < heads; h++) {
+      int64_t t = bt % seq, base = (bt * heads + h) * hd;
+      for (int64_t i = 0; i < half; i++) {
+        float c = F32(cos_table)[t * half + i], s = sign * F32(sin_table)[t * half + i];
+        float x1 = ld(x, base + i), x2 = ld(x, base + i + half);   /* read both before out may overwrite */
+        st(out, base + i, x1 * c - x2 * s);
+        st(out, base + i + half, x2 * c + x1 * s);
       }
+    }
   return F2_OK;
 }
 
@@ -273,33 +295,78 @@ static inline double dot_rows(const f2_tensor *a, int64_t ia, const f2_tensor *b
   return s;
 }
 
+/* The training attention works on (query block x keys) tiles with GEMMs (f2_cpu_matmul): scores
+ * S = scale Q K^T, probabilities P in place of S, out = P V; the backward recomputes P from lse. These
+ * build the 2-D operands: rows of t from element `at`, row stride `ld` (a head's rows in [B,T,H,Dh]). */
+static f2_tensor rows_view(const f2_tensor *t, int64_t at, int64_t rows, int64_t cols, int64_t ld) {
+  f2_tensor v = {.data = (char *)t->data + at * (int64_t)f2_dtype_size(t->dtype), .dtype = t->dtype,
+                 .device = F2_CPU, .ndim = 2, .shape = {rows, cols}, .stride = {ld, 1}};
+  return v;
+}
+static f2_tensor scratch_view(float *p, int64_t rows, int64_t cols) {
+  f2_tensor v = {.data = p, .dtype = F2_F32, .device = F2_CPU, .ndim = 2, .shape = {rows, cols}, .stride = {cols, 1}};
+  return v;
+}
+
+/* Per-thread scratch of `floats` each for up to `tasks` tasks over the threads; *threads gets how many. */
+static float *attention_scratch(const char *op, int64_t floats, int64_t tasks, int *threads) {
+  int n = omp_get_max_threads();
+  *threads = tasks < n ? (int)tasks : n;
+  if (*threads < 1) *threads = 1;
+  float *p = malloc((size_t)(floats * *threads) * sizeof(float));
+  if (!p) F2_FAIL(F2_ERR_MEM, "%s: out of host memory for %d x %lld floats of scratch", op, *threads, (long long)floats);
+  return p;
+}
+
 int f2_attention_forward(f2_tensor *out, f2_tensor *lse, const f2_tensor *q, const f2_tensor *k, const f2_tensor *v,
                          float scale) {
   const char *op = "f2_attention_forward";
   if (!out) return F2_FAIL(F2_ERR_ARG, "%s: out is NULL", op);
   F2_TRY(attention_args(op, q, k, v, out, lse));
   int64_t batch = q->shape[0], seq = q->shape[1], heads = q->shape[2], hd = q->shape[3], kvh = k->shape[2];
-  int64_t group = heads / kvh;
-  double acc[ATTN_MAX_HEAD_DIM];
-  for (int64_t b = 0; b < batch; b++)
-    for (int64_t h = 0; h < heads; h++)
-      for (int64_t i = 0; i < seq; i++) {
-        /* Online softmax over keys 0..i: running max m and sum l, acc rescaled when m grows. */
-        int64_t qi = ((b * seq + i) * heads + h) * hd;
+  int64_t group = heads / kvh, qld = heads * hd, kld = kvh * hd;
+  if (batch * heads * seq == 0) return F2_OK;
+  /* Per thread: the block's scores/probabilities [ATTN_BLOCK, seq], its out [ATTN_BLOCK, hd]. */
+  int threads, failed = 0;
+  int64_t per_thread = ATTN_BLOCK * (seq + hd);
+  float *scratch = attention_scratch(op, per_thread, batch * heads, &threads);
+  if (!scratch) return F2_ERR_MEM;
+#pragma omp parallel for schedule(dynamic) num_threads(threads)
+  for (int64_t bh = 0; bh < batch * heads; bh++) {   /* (batch, head) pairs on threads */
+    int64_t b = bh / heads, h = bh % heads, kv0 = (b * seq * kvh + h / group) * hd;
+    float *S = scratch + omp_get_thread_num() * per_thread, *O = S + ATTN_BLOCK * seq;
+    for (int64_t i0 = 0; i0 < seq; i0 += ATTN_BLOCK) {
+      /* Queries i0 .. i0+nq-1 see keys 0 .. nk-1 (causal), masked per row below. */
+      int64_t nq = seq - i0 < ATTN_BLOCK ? seq - i0 : ATTN_BLOCK, nk = i0 + nq, q0 = ((b * seq + i0) * heads + h) * hd;
+      f2_tensor qv = rows_view(q, q0, nq, hd, qld), kv = rows_view(k, kv0, nk, hd, kld);
+      f2_tensor vv = rows_view(v, kv0, nk, hd, kld), sv = scratch_view(S, nq, nk), ov = scratch_view(O, nq, hd);
+      int rc = f2_cpu_matmul(&sv, &qv, &kv, 0, 1, scale, 0);
+      double inv_l[ATTN_BLOCK];
+      for (int64_t r = 0; r < nq; r++) {   /* softmax over keys 0 .. i of row i = i0 + r, sums in double */
+        float *row = S + r * nk;
+        int64_t i = i0 + r;
         double m = -INFINITY, l = 0;
-        for (int64_t d = 0; d < hd; d++) acc[d] = 0;
+        for (int64_t j = 0; j <= i; j++) m = row[j] > m ? row[j] : m;
         for (int64_t j = 0; j <= i; j++) {
-          int64_t kj = ((b * seq + j) * kvh + h / group) * hd;
-          double s = scale * dot_rows(q, qi, k, kj, hd);
-          double m_new = s > m ? s : m, corr = exp(m - m_new), p = exp(s - m_new);
-          l = l * corr + p;
-          for (int64_t d = 0; d < hd; d++) acc[d] = acc[d] * corr + p * ld(v, kj + d);
-          m = m_new;
+          double p = exp(row[j] - m);
+          row[j] = (float)p;
+          l += p;
         }
-        for (int64_t d = 0; d < hd; d++) st(out, qi + d, (float)(acc[d] / l));
+        for (int64_t j = i + 1; j < nk; j++) row[j] = 0;
+        inv_l[r] = 1 / l;
         if (lse) F32(lse)[(b * heads + h) * seq + i] = (float)(m + log(l));
       }
-  return F2_OK;
+      rc |= f2_cpu_matmul(&ov, &sv, &vv, 0, 0, 1, 0);
+      if (rc != F2_OK) {
+#pragma omp atomic write
+        failed = 1;
+      }
+      for (int64_t r = 0; r < nq; r++)
+        for (int64_t d = 0; d < hd; d++) st(out, q0 + r * qld + d, (float)(O[r * hd + d] * inv_l[r]));
+    }
+  }
+  free(scratch);
+  return failed ? F2_FAIL(F2_ERR_MEM, "%s: out of host memory in a GEMM", op) : F2_OK;
 }
 
 /* With p_ij = exp(s_ij - lse_i) and D_i = dout_i . out_i:  dv_j += p_ij dout_i,
@@ -320,27 +387,55 @@ int f2_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tensor *dv, const f2_
   F2_TRY(arg(op, "dv", dv, F32_ONLY));
   F2_TRY(shape_is(op, "dv", dv, 4, v->shape));
   int64_t batch = q->shape[0], seq = q->shape[1], heads = q->shape[2], hd = q->shape[3], kvh = k->shape[2];
-  int64_t group = heads / kvh;
+  int64_t group = heads / kvh, qld = heads * hd, kld = kvh * hd;
   memset(dq->data, 0, f2_tensor_nbytes(dq));
   memset(dk->data, 0, f2_tensor_nbytes(dk));
   memset(dv->data, 0, f2_tensor_nbytes(dv));
-  for (int64_t b = 0; b < batch; b++)
-    for (int64_t h = 0; h < heads; h++)
-      for (int64_t i = 0; i < seq; i++) {
-        int64_t qi = ((b * seq + i) * heads + h) * hd;
-        double lse_i = F32(lse)[(b * heads + h) * seq + i], D = dot_rows(dout, qi, out, qi, hd);
-        for (int64_t j = 0; j <= i; j++) {
-          int64_t kj = ((b * seq + j) * kvh + h / group) * hd;
-          double p = exp(scale * dot_rows(q, qi, k, kj, hd) - lse_i);
-          double ds = p * (dot_rows(dout, qi, v, kj, hd) - D);
-          for (int64_t d = 0; d < hd; d++) {
-            F32(dv)[kj + d] += (float)(p * ld(dout, qi + d));
-            F32(dq)[qi + d] += (float)(scale * ds * ld(k, kj + d));
-            F32(dk)[kj + d] += (float)(scale * ds * ld(q, qi + d));
-          }
+  if (batch * heads * seq == 0) return F2_OK;
+  /* A task owns one KV head of one sequence: its dk, dv rows and the dq rows of its query heads, so
+   * every sum runs in one fixed order (heads, then query blocks) whatever the thread count. Per
+   * thread: P and dP/dS [ATTN_BLOCK, seq]. */
+  int threads, failed = 0;
+  int64_t per_thread = 2 * ATTN_BLOCK * seq;
+  float *scratch = attention_scratch(op, per_thread, batch * kvh, &threads);
+  if (!scratch) return F2_ERR_MEM;
+#pragma omp parallel for schedule(dynamic) num_threads(threads)
+  for (int64_t bg = 0; bg < batch * kvh; bg++) {
+    int64_t b = bg / kvh, g = bg % kvh, kv0 = (b * seq * kvh + g) * hd;
+    float *P = scratch + omp_get_thread_num() * per_thread, *dS = P + ATTN_BLOCK * seq;
+    for (int64_t h = g * group; h < (g + 1) * group; h++)
+      for (int64_t i0 = 0; i0 < seq; i0 += ATTN_BLOCK) {
+        int64_t nq = seq - i0 < ATTN_BLOCK ? seq - i0 : ATTN_BLOCK, nk = i0 + nq, q0 = ((b * seq + i0) * heads + h) * hd;
+        f2_tensor qv = rows_view(q, q0, nq, hd, qld), kv = rows_view(k, kv0, nk, hd, kld);
+        f2_tensor vv = rows_view(v, kv0, nk, hd, kld), dov = rows_view(dout, q0, nq, hd, qld);
+        f2_tensor dqv = rows_view(dq, q0, nq, hd, qld), dkv = rows_view(dk, kv0, nk, hd, kld);
+        f2_tensor dvv = rows_view(dv, kv0, nk, hd, kld), pv = scratch_view(P, nq, nk), dsv = scratch_view(dS, nq, nk);
+        int rc = f2_cpu_matmul(&pv, &qv, &kv, 0, 1, scale, 0);   /* scores, then P = exp(s - lse) */
+        for (int64_t r = 0; r < nq; r++) {
+          float *row = P + r * nk;
+          int64_t i = i0 + r;
+          double lse_i = F32(lse)[(b * heads + h) * seq + i];
+          for (int64_t j = 0; j <= i; j++) row[j] = (float)exp(row[j] - lse_i);
+          for (int64_t j = i + 1; j < nk; j++) row[j] = 0;
+        }
+        rc |= f2_cpu_matmul(&dvv, &pv, &dov, 1, 0, 1, 1);     /* dv += P^T dout */
+        rc |= f2_cpu_matmul(&dsv, &dov, &vv, 0, 1, 1, 0);     /* dP = dout V^T */
+        for (int64_t r = 0; r < nq; r++) {                    /* dS = P (dP - D), D_i = dout_i . out_i */
+          float *row = dS + r * nk;
+          const float *p = P + r * nk;
+          double D = dot_rows(dout, q0 + r * qld, out, q0 + r * qld, hd);
+          for (int64_t j = 0; j < nk; j++) row[j] = (float)(p[j] * (row[j] - D));
+        }
+        rc |= f2_cpu_matmul(&dqv, &dsv, &kv, 0, 0, scale, 0); /* dq = scale dS K */
+        rc |= f2_cpu_matmul(&dkv, &dsv, &qv, 1, 0, scale, 1); /* dk += scale dS^T Q */
+        if (rc != F2_OK) {
+#pragma omp atomic write
+          failed = 1;
         }
       }
-  return F2_OK;
+  }
+  free(scratch);
+  return failed ? F2_FAIL(F2_ERR_MEM, "%s: out of host memory in a GEMM", op) : F2_OK;
 }
 
 /* ---------------------------------------------------------------- SwiGLU: out = silu(gate) * up */
@@ -357,6 +452,7 @@ int f2_swiglu_forward(f2_tensor *out, const f2_tensor *gate, const f2_tensor *up
   F2_TRY(arg(op, "out", out, FLOAT));
   F2_TRY(shape_is(op, "out", out, gate->ndim, gate->shape));
   int64_t n = f2_tensor_numel(gate);
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
   for (int64_t i = 0; i < n; i++) {
     float g = ld(gate, i);
     st(out, i, g / (1.0f + expf(-g)) * ld(up, i));
@@ -376,6 +472,7 @@ int f2_swiglu_backward(f2_tensor *dgate, f2_tensor *dup, const f2_tensor *dout, 
   F2_TRY(arg(op, "dup", dup, FLOAT));
   F2_TRY(shape_is(op, "dup", dup, gate->ndim, gate->shape));
   int64_t n = f2_tensor_numel(gate);
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
   for (int64_t i = 0; i < n; i++) {
     float g = ld(gate, i), u = ld(up, i), dy = ld(dout, i), s = 1.0f / (1.0f + expf(-g));
     st(dgate, i, dy * u * s * (1.0f + g * (1.0f - s)));
@@ -409,9 +506,18 @@ static int ce_args(const char *op, const f2_tensor *logits, const f2_tensor *tar
   return F2_OK;
 }
 
+/* The row's max (NaN ignored, as fmax does; a comparison, which compiles to one instruction). */
+static double row_max(const f2_tensor *logits, int64_t base, int64_t vocab) {
+  double m = -INFINITY;
+  for (int64_t c = 0; c < vocab; c++) {
+    double v = ld(logits, base + c);
+    m = v > m ? v : m;
+  }
+  return m;
+}
+
 static double row_lse(const f2_tensor *logits, int64_t base, int64_t vocab) {
-  double m = -INFINITY, s = 0;
-  for (int64_t c = 0; c < vocab; c++) m = fmax(m, ld(logits, base + c));
+  double m = row_max(logits, base, vocab), s = 0;
   for (int64_t c = 0; c < vocab; c++) s += exp(ld(logits, base + c) - m);
   return m + log(s);
 }
@@ -427,13 +533,20 @@ int f2_cross_entropy_forward(f2_tensor *loss, f2_tensor *losses, const f2_tensor
     F2_TRY(arg(op, "losses", losses, F32_ONLY));
     F2_TRY(shape_is(op, "losses", losses, 1, &rows));
   }
-  double total = 0;
+  /* Rows on threads into row_loss, then the mean summed in row order (the same bits on any thread count). */
+  double *row_loss = malloc((size_t)(rows > 0 ? rows : 1) * sizeof(double));
+  if (!row_loss) return F2_FAIL(F2_ERR_MEM, "%s: out of host memory for %lld row losses", op, (long long)rows);
+#pragma omp parallel for schedule(static) if (rows * vocab >= PARALLEL_MIN)
   for (int64_t r = 0; r < rows; r++) {
     int32_t t = I32(targets)[r];
-    double l = t == ignore_index ? 0 : row_lse(logits, r * vocab, vocab) - ld(logits, r * vocab + t);
-    total += l;
-    if (losses) F32(losses)[r] = (float)l;
+    row_loss[r] = t == ignore_index ? 0 : row_lse(logits, r * vocab, vocab) - ld(logits, r * vocab + t);
   }
+  double total = 0;
+  for (int64_t r = 0; r < rows; r++) {
+    total += row_loss[r];
+    if (losses) F32(losses)[r] = (float)row_loss[r];
+  }
+  free(row_loss);
   F32(loss)[0] = counted ? (float)(total / (double)counted) : 0.0f;
   return F2_OK;
 }
@@ -447,15 +560,100 @@ int f2_cross_entropy_backward(f2_tensor *dlogits, const f2_tensor *logits, const
   F2_TRY(arg(op, "dlogits", dlogits, FLOAT));
   F2_TRY(rows_cols(op, "dlogits", dlogits, rows, vocab));
   double g = counted ? (double)dloss / (double)counted : 0;
+  /* Rows on threads. Each row takes one exp per logit: exp(x - max) kept in a per-thread row of
+   * scratch, then scaled by 1 / sum. */
+  int threads = omp_get_max_threads();
+  float *scratch = malloc((size_t)(threads * vocab) * sizeof(float));
+  if (!scratch) return F2_FAIL(F2_ERR_MEM, "%s: out of host memory for %d rows of %lld", op, threads, (long long)vocab);
+#pragma omp parallel for schedule(static) if (rows * vocab >= PARALLEL_MIN)
   for (int64_t r = 0; r < rows; r++) {
     int32_t t = I32(targets)[r];
+    int64_t base = r * vocab;
     if (t == ignore_index) {
-      for (int64_t c = 0; c < vocab; c++) st(dlogits, r * vocab + c, 0.0f);
+      for (int64_t c = 0; c < vocab; c++) st(dlogits, base + c, 0.0f);
       continue;
     }
-    double lse = row_lse(logits, r * vocab, vocab);
-    for (int64_t c = 0; c < vocab; c++)
-      st(dlogits, r * vocab + c, (float)(g * (exp(ld(logits, r * vocab + c) - lse) - (c == t))));
+    float *e = scratch + omp_get_thread_num() * vocab;
+    double m = row_max(logits, base, vocab), sum = 0;
+    for (int64_t c = 0; c < vocab; c++) {
+      double p = exp(ld(logits, base + c) - m);
+      e[c] = (float)p;
+      sum += p;
+    }
+    double scale = g / sum;
+    for (int64_t c = 0; c < vocab; c++) st(dlogits, base + c, (float)(scale * e[c] - (c == t ? g : 0)));
   }
+  free(scratch);
   return F2_OK;
+}
+
+/* ---------------------------------------------------------------- attention against a KV cache
+ * Incremental decoding: queries q [B,Tq,H,Dh] at positions n_past.., keys and values from the cache
+ * [B,Tmax,Hkv,Dh]. The same tiles as f2_attention_forward (GEMMs for the scores and for P V, the softmax
+ * in double), shifted by n_past: query i of a block sees keys 0 .. n_past+i. So a decoded row matches the
+ * full forward's row up to the GEMMs' summation order. */
+int f2_attention_decode(f2_tensor *out, const f2_tensor *q, const f2_tensor *k_cache, const f2_tensor *v_cache,
+                        int64_t n_past, float scale) {
+  const char *op = "f2_attention_decode";
+  F2_TRY(arg(op, "out", out, FLOAT));
+  F2_TRY(arg(op, "q", q, FLOAT));
+  F2_TRY(arg(op, "k_cache", k_cache, FLOAT));
+  F2_TRY(arg(op, "v_cache", v_cache, FLOAT));
+  if (q->ndim != 4) return F2_FAIL(F2_ERR_ARG, "%s: q must be 4-D [batch, seq, heads, head_dim], has %d dims", op, (int)q->ndim);
+  if (k_cache->ndim != 4)
+    return F2_FAIL(F2_ERR_ARG, "%s: k_cache must be 4-D [batch, max_len, kv_heads, head_dim], has %d dims", op,
+                   (int)k_cache->ndim);
+  F2_TRY(shape_is(op, "out", out, 4, q->shape));
+  int64_t batch = q->shape[0], seq = q->shape[1], heads = q->shape[2], hd = q->shape[3];
+  int64_t max_len = k_cache->shape[1], kvh = k_cache->shape[2];
+  int64_t kshape[4] = {batch, max_len, kvh, hd};
+  F2_TRY(shape_is(op, "k_cache", k_cache, 4, kshape));
+  F2_TRY(shape_is(op, "v_cache", v_cache, 4, kshape));
+  if (kvh < 1 || heads % kvh)
+    return F2_FAIL(F2_ERR_ARG, "%s: %lld query heads are not a multiple of %lld KV heads", op, (long long)heads,
+                   (long long)kvh);
+  if (n_past < 0 || n_past + seq > max_len)
+    return F2_FAIL(F2_ERR_ARG, "%s: n_past %lld + %lld new positions do not fit the cache of %lld", op,
+                   (long long)n_past, (long long)seq, (long long)max_len);
+  if (batch * heads * seq == 0) return F2_OK;
+  int64_t group = heads / kvh, qld = heads * hd, kld = kvh * hd, block = seq < ATTN_BLOCK ? seq : ATTN_BLOCK;
+  /* Per thread: a block's scores/probabilities [block, n_past + seq] and its out [block, hd]. */
+  int threads, failed = 0;
+  int64_t per_thread = block * (n_past + seq + hd);
+  float *scratch = attention_scratch(op, per_thread, batch * heads, &threads);
+  if (!scratch) return F2_ERR_MEM;
+#pragma omp parallel for schedule(dynamic) num_threads(threads)
+  for (int64_t bh = 0; bh < batch * heads; bh++) {   /* (batch, head) pairs on threads */
+    int64_t b = bh / heads, h = bh % heads, kv0 = (b * max_len * kvh + h / group) * hd;
+    float *S = scratch + omp_get_thread_num() * per_thread, *O = S + block * (n_past + seq);
+    for (int64_t i0 = 0; i0 < seq; i0 += block) {
+      int64_t nq = seq - i0 < block ? seq - i0 : block, nk = n_past + i0 + nq, q0 = ((b * seq + i0) * heads + h) * hd;
+      f2_tensor qv = rows_view(q, q0, nq, hd, qld), kv = rows_view(k_cache, kv0, nk, hd, kld);
+      f2_tensor vv = rows_view(v_cache, kv0, nk, hd, kld), sv = scratch_view(S, nq, nk), ov = scratch_view(O, nq, hd);
+      int rc = f2_cpu_matmul(&sv, &qv, &kv, 0, 1, scale, 0);
+      double inv_l[ATTN_BLOCK];
+      for (int64_t r = 0; r < nq; r++) {   /* softmax over keys 0 .. n_past+i0+r, sums in double */
+        float *row = S + r * nk;
+        int64_t last = n_past + i0 + r;
+        double m = -INFINITY, l = 0;
+        for (int64_t j = 0; j <= last; j++) m = row[j] > m ? row[j] : m;
+        for (int64_t j = 0; j <= last; j++) {
+          double p = exp(row[j] - m);
+          row[j] = (float)p;
+          l += p;
+        }
+        for (int64_t j = last + 1; j < nk; j++) row[j] = 0;
+        inv_l[r] = 1 / l;
+      }
+      rc |= f2_cpu_matmul(&ov, &sv, &vv, 0, 0, 1, 0);
+      if (rc != F2_OK) {
+#pragma omp atomic write
+        failed = 1;
+      }
+      for (int64_t r = 0; r < nq; r++)
+        for (int64_t d = 0; d < hd; d++) st(out, q0 + r * qld + d, (float)(O[r * hd + d] * inv_l[r]));
+    }
+  }
+  free(scratch);
+  return failed ? F2_FAIL(F2_ERR_MEM, "%s: out of host memory in a GEMM", op) : F2_OK;
 }

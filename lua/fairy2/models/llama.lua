@@ -10,12 +10,17 @@
 --   local loss = model:loss(ids, targets)    -- mean cross-entropy, targets i32 [B, T] (-100: ignored)
 --   model:backward()                         -- accumulates every parameter's gradient
 --   model:zero_grad()
+-- and inference with a KV cache (no activations kept, no gradients):
+--   local cache = model:new_cache(batch, max_len)   -- snapshot of the GEMM weights (Fairy2: R_hat)
+--   local logits = model:forward_step(ids, cache)   -- ids i32 [B, T] at positions cache.n ..: [B, V]
+--   local model, src = llama.load(source)    -- hub source -> model, resolved source (tokenizer_source)
 local ffi = require "ffi"
 local f2 = require "fairy2"
 local nn = require "fairy2.nn.module"
 local Block = require "fairy2.nn.block"
 local CrossEntropy = require "fairy2.nn.cross_entropy"
 local Embedding = require "fairy2.nn.embedding"
+local Fairy2Linear = require "fairy2.nn.fairy2_linear"
 local Linear = require "fairy2.nn.linear"
 local RMSNorm = require "fairy2.nn.rmsnorm"
 local Rotary = require "fairy2.nn.rotary"
@@ -117,6 +122,216 @@ end
 
 function CausalLM:load_state(state, opts) return M.load_state(self, state, opts) end
 function CausalLM:init_random(seed, opts) return M.init_random(self, seed, opts) end
+
+-- ---------------------------------------------------------------- inference with a KV cache
+-- The same network as forward(), for generation and evaluation: nothing is kept for a backward, and
+-- the keys and values of every position seen so far stay in a cache, so one new token costs one
+-- token's work (f2_attention_decode attends to the cache). Temporaries are freed as soon as they are
+-- used, so memory does not wait for Lua's GC.
+
+local KVCache = {}
+KVCache.__index = KVCache
+
+-- Whether module m is an instance of cls or of a subclass of it.
+local function is_a(m, cls)
+  local c = getmetatable(m)
+  while c do
+    if c == cls then return true end
+    c = c.parent
+  end
+  return false
+end
+
+-- The matrix a linear layer's GEMM multiplies by: its weight, or for a Fairy2Linear its R_hat,
+-- quantized here once (a fresh tensor, so the layer's own training buffers are left alone).
+local function gemm_weight(m)
+  if not is_a(m, Fairy2Linear) then return m.weight end
+  local r = m:master()
+  local opts = { dtype = "f32", device = r:device() }
+  local r_hat, scales = f2.empty({ m.out_features, m.in_features }, opts), f2.empty(m.scales:shape(), opts)
+  f2.check(C.f2_fairy2_quantize(r_hat.h, scales.h, nil, r.h, m.cfg), "new_cache: quantizing a Fairy2Linear")
+  scales:free()
+  return r_hat, true
+end
+
+-- A cache for `batch` sequences of up to max_len positions: per layer K and V [batch, max_len,
+-- kv_heads, head_dim] f32, and the GEMM weights of every linear layer as they are now (train the
+-- model afterwards and this cache still holds the old R_hat: make a new one).
+function CausalLM:new_cache(batch, max_len)
+  if type(batch) ~= "number" or batch < 1 or batch % 1 ~= 0 then error("new_cache: batch must be a positive integer", 2) end
+  if type(max_len) ~= "number" or max_len < 1 or max_len % 1 ~= 0 then
+    error("new_cache: max_len must be a positive integer", 2)
+  end
+  local d = self.desc
+  local opts = { dtype = "f32", device = self.model.embed_tokens.weight:device() }
+  local cache = setmetatable({ batch = batch, max_len = max_len, n = 0, k = {}, v = {}, weights = {}, owned = {} },
+    KVCache)
+  for i = 1, d.layers do
+    cache.k[i] = f2.zeros({ batch, max_len, d.kv_heads, d.head_dim }, opts)
+    cache.v[i] = f2.zeros({ batch, max_len, d.kv_heads, d.head_dim }, opts)
+  end
+  for _, entry in ipairs(self:named_modules()) do
+    if is_a(entry.module, Linear) then
+      local w, owned = gemm_weight(entry.module)
+      cache.weights[entry.module] = w
+      if owned then cache.owned[#cache.owned + 1] = w end
+    end
+  end
+  return cache
+end
+
+-- Forgets every position (the weights stay): the next forward_step starts at position 0.
+function KVCache:reset() self.n = 0 end
+
+-- Releases the cache's memory now.
+function KVCache:free()
+  for _, list in ipairs { self.k, self.v, self.owned } do
+    for i, t in ipairs(list) do
+      t:free()
+      list[i] = nil
+    end
+  end
+  self.weights, self.n = {}, 0
+end
+
+-- y [N, out] = x2 [N, in] through linear layer m with the cache's weight.
+local function linear(cache, m, x2)
+  local xin = m:gemm_input(x2)
+  local y = f2.empty({ x2:shape()[1], m.out_features }, { dtype = "f32", device = x2:device() })
+  f2.check(C.f2_matmul(y.h, xin.h, cache.weights[m].h, 0, 1, 1, 0), "forward_step: " .. m.__name)
+  if xin ~= x2 then xin:free() end
+  if m.bias then y:add_(m.bias) end
+  return y
+end
+
+-- A view of t with another shape; t's own handle is dropped (the memory lives on in the view).
+local function as(t, shape)
+  local v = t:view(shape)
+  t:free()
+  return v
+end
+
+local function rmsnorm(norm, x, inplace)
+  local out = inplace and x or f2.empty(x:shape(), { dtype = "f32", device = x:device() })
+  f2.check(C.f2_rmsnorm_forward(out.h, nil, x.h, norm.weight.h, norm.eps), "forward_step: RMSNorm")
+  return out
+end
+
+-- Projection into heads [B, T, heads, head_dim], per-head norm (Qwen3), RoPE at positions n ...
+local function heads_of(cache, attn, proj, norm, x2, B, T, heads, cos, sin)
+  local t = as(linear(cache, proj, x2), { B, T, heads, attn.head_dim })
+  if norm then rmsnorm(norm, t, true) end
+  if cos then f2.check(C.f2_rope_forward(t.h, t.h, cos.h, sin.h), "forward_step: RoPE") end
+  return t
+end
+
+local function attention_step(cache, layer, attn, x2, B, T, cos, sin)
+  local n = cache.n
+  local q = heads_of(cache, attn, attn.q_proj, attn.q_norm, x2, B, T, attn.heads, cos, sin)
+  local k = heads_of(cache, attn, attn.k_proj, attn.k_norm, x2, B, T, attn.kv_heads, cos, sin)
+  local v = heads_of(cache, attn, attn.v_proj, nil, x2, B, T, attn.kv_heads)
+  for _, kv in ipairs { { cache.k[layer], k }, { cache.v[layer], v } } do
+    local dst = kv[1]:narrow(1, n, T)
+    f2.check(C.f2_copy(dst.h, kv[2].h), "forward_step: cache write")
+    dst:free()
+    kv[2]:free()
+  end
+  local out = f2.empty(q:shape(), { dtype = "f32", device = q:device() })
+  f2.check(C.f2_attention_decode(out.h, q.h, cache.k[layer].h, cache.v[layer].h, n, attn.scale), "forward_step: attention")
+  q:free()
+  out = as(out, { B * T, attn.heads * attn.head_dim })
+  local y = linear(cache, attn.o_proj, out)
+  out:free()
+  return y
+end
+
+local function mlp_step(cache, mlp, x2)
+  local gate, up = linear(cache, mlp.gate_proj, x2), linear(cache, mlp.up_proj, x2)
+  local act = f2.empty(gate:shape(), { dtype = "f32", device = x2:device() })
+  f2.check(C.f2_swiglu_forward(act.h, gate.h, up.h), "forward_step: SwiGLU")
+  gate:free()
+  up:free()
+  local y = linear(cache, mlp.down_proj, act)
+  act:free()
+  return y
+end
+
+-- Logits [N, V] of final hidden states h2 [N, hidden] (forward_step's with opts.hidden).
+function CausalLM:logits(h2, cache)
+  local w = self.lm_head and cache.weights[self.lm_head] or self.model.embed_tokens.weight
+  local logits = f2.empty({ h2:shape()[1], self.desc.vocab_size }, { dtype = "f32", device = h2:device() })
+  f2.check(C.f2_matmul(logits.h, h2.h, w.h, 0, 1, 1, 0), "logits", 2)
+  return logits
+end
+
+-- ids i32 [B, T]: the tokens at positions cache.n .. cache.n + T - 1 of each of the B sequences.
+-- Returns the logits [B, V] of the last position; opts.all: of every position, [B*T, V] (row b*T + t);
+-- opts.hidden: the final (normed) hidden states [B*T, hidden] instead of logits (see logits()).
+-- Advances cache.n by T.
+function CausalLM:forward_step(ids, cache, opts)
+  opts = opts or {}
+  if getmetatable(cache) ~= KVCache then error("forward_step: cache must come from model:new_cache", 2) end
+  if not f2.is_tensor(ids) or ids:dtype() ~= "i32" or #ids:shape() ~= 2 then
+    error("forward_step: ids must be an i32 tensor [B, T]", 2)
+  end
+  local B, T = ids:shape()[1], ids:shape()[2]
+  if B ~= cache.batch then error("forward_step: ids have " .. B .. " rows, the cache " .. cache.batch, 2) end
+  if cache.n + T > cache.max_len then
+    error(string.format("forward_step: %d positions cached + %d new exceed the cache's max_len %d", cache.n, T,
+      cache.max_len), 2)
+  end
+  if not ids:is_contiguous() then ids = ids:contiguous() end
+  local d, dec = self.desc, self.model
+  local h = f2.empty({ B * T, d.hidden }, { dtype = "f32", device = dec.embed_tokens.weight:device() })
+  f2.check(C.f2_embedding_forward(h.h, dec.embed_tokens.weight.h, ids.h), "forward_step: embedding", 2)
+  local rotary = dec.rotary_emb
+  rotary:ensure(cache.n + T)
+  local cos, sin = rotary.cos:narrow(0, cache.n, T), rotary.sin:narrow(0, cache.n, T)
+  for i, name in ipairs(dec.layers.child_order) do
+    local block = dec.layers.children[name]
+    local x = rmsnorm(block.input_layernorm, h)
+    local a = attention_step(cache, i, block.self_attn, x, B, T, cos, sin)
+    x:free()
+    h:add_(a)
+    a:free()
+    x = rmsnorm(block.post_attention_layernorm, h)
+    local m = mlp_step(cache, block.mlp, x)
+    x:free()
+    h:add_(m)
+    m:free()
+  end
+  cos:free()
+  sin:free()
+  cache.n = cache.n + T
+  if not (opts.all or opts.hidden) and T > 1 then
+    local h3 = as(h, { B, T, d.hidden })
+    local last = h3:select(1, T - 1)
+    h = f2.empty({ B, d.hidden }, { dtype = "f32", device = last:device() })
+    h:copy(last)
+    last:free()
+    h3:free()
+  end
+  rmsnorm(dec.norm, h, true)
+  if opts.hidden then return h end
+  local logits = self:logits(h, cache)
+  h:free()
+  return logits
+end
+
+-- A model from a hub source ("gguf:PATH", an HF directory; hub.resolve): returns the model (fp32
+-- parameters loaded) and the resolved source (config, tokenizer_source; its state is dropped).
+-- opts: device, and build's opts.
+function M.load(source, opts)
+  local hub = require "fairy2.hub"
+  local src, err = hub.resolve(source)
+  if not src then return nil, err end
+  local model = M.build(src.config, opts)
+  local ok, lerr = pcall(M.load_state, model, src.state)
+  if not ok then return nil, tostring(lerr) end
+  src.state = nil
+  collectgarbage()
+  return model, src
+end
 
 local REQUIRED = { "vocab_size", "hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate", "rms_eps" }
 
