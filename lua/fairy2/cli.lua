@@ -45,6 +45,7 @@ M.tools = {
   { "export", "export a trained model (HF safetensors, packed fairy2)" },
   { "fetch", "fetch a model from the Hugging Face hub" },
   { "quantstats", "Fairy2i diagnostics of a model or random layers" },
+  { "plot", "draw a run's loss curves (SVG)" },
 }
 
 local function tool_path(name)

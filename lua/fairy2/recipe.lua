@@ -49,10 +49,19 @@ local function dirname(path)
   return dir == nil and "." or dir == "" and "/" or dir
 end
 
+-- Adds dir's patterns after the library's own paths but before the working directory's "./?.lua",
+-- so a recipe's sibling (require "base") wins over a same-named file where fairy2 was started.
 local function add_to_path(dir)
   for _, pattern in ipairs { dir .. "/?.lua", dir .. "/?/init.lua" } do
-    if not (";" .. package.path .. ";"):find(";" .. pattern .. ";", 1, true) then
-      package.path = package.path .. ";" .. pattern
+    local path = ";" .. package.path .. ";"
+    if not path:find(";" .. pattern .. ";", 1, true) then
+      local cwd_at = path:find(";./?.lua;", 1, true)
+      if cwd_at then
+        path = path:sub(1, cwd_at) .. pattern .. path:sub(cwd_at)
+      else
+        path = path .. pattern .. ";"
+      end
+      package.path = path:sub(2, -2)
     end
   end
 end
