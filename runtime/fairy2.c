@@ -1,13 +1,19 @@
 /* fairy2.c — Fairy2i quantization (FAIRY2I.md): argument checks, the one dispatch point per op, and the
  * plain C reference (kernels/fairy2.cu is the CUDA twin; f2_fairy2.h holds the per-entry arithmetic both
- * share; docs/fairy2.md explains the choices). fp32 R (2n x 2m) in; R_hat f32 or bf16 out. */
+ * share; docs/fairy2.md explains the choices). fp32 R (2n x 2m) in; R_hat f32 or bf16 out.
+ * The CPU passes run on OpenMP threads over rows, or over the canonical reduction's blocks, whose sums
+ * never depend on who computes them: the same bits on any thread count, and the same as the GPU. */
 #include "f2_internal.h"
 #include "f2_fairy2.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Complex entries below which a pass stays on one thread (a parallel region costs microseconds). */
+enum { PARALLEL_MIN = 1 << 14 };
 
 /* ---------------------------------------------------------------- argument checks */
 
@@ -81,6 +87,7 @@ int f2_fairy2_split(f2_tensor *u_re, f2_tensor *u_im, f2_tensor *w_re, f2_tensor
   if (r->device == F2_CUDA) return f2_cuda_fairy2_split(u_re, u_im, w_re, w_im, r);
   const float *R = r->data;
   float *ur = u_re->data, *ui = u_im->data, *wr = w_re->data, *wi = w_im->data;
+#pragma omp parallel for schedule(static) if (n * m >= PARALLEL_MIN)
   for (int64_t i = 0; i < n; i++) {
     const float *top = R + i * 2 * m, *bottom = R + (n + i) * 2 * m;
     for (int64_t j = 0; j < m; j++) {
@@ -103,6 +110,7 @@ int f2_fairy2_rebuild(f2_tensor *r, const f2_tensor *u_re, const f2_tensor *u_im
   if (r->device == F2_CUDA) return f2_cuda_fairy2_rebuild(r, u_re, u_im, w_re, w_im);
   float *R = r->data;
   const float *ur = u_re->data, *ui = u_im->data, *wr = w_re->data, *wi = w_im->data;
+#pragma omp parallel for schedule(static) if (n * m >= PARALLEL_MIN)
   for (int64_t i = 0; i < n; i++) {
     float *top = R + i * 2 * m, *bottom = R + (n + i) * 2 * m;
     for (int64_t j = 0; j < m; j++) {
@@ -164,9 +172,12 @@ static void tree(double *lanes, int count) {
  * f2_fairy2.h (lanes_per_block x blocks lanes; entry c of the group, row-major, to lane c mod that). */
 static void reduce_group(layer *L, int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64_t s, int t,
                          int lanes_per_block, int blocks) {
-  double lanes[F2Q_LANES * F2Q_ACCS], block_sums[F2Q_BLOCKS * F2Q_ACCS];
+  double block_sums[F2Q_BLOCKS * F2Q_ACCS];
   int64_t width = j1 - j0, entries = (i1 - i0) * width, lanes_total = (int64_t)lanes_per_block * blocks;
+  /* Blocks are independent (as on the GPU): on threads, each summing its own lanes into its slot. */
+#pragma omp parallel for schedule(static) if (blocks > 1 && entries >= PARALLEL_MIN)
   for (int b = 0; b < blocks; b++) {
+    double lanes[F2Q_LANES * F2Q_ACCS];
     memset(lanes, 0, sizeof lanes);
     /* Lane l of block b sees entries c = b*lanes_per_block + l + k*lanes_total, k = 0, 1, ...: runs of
      * lanes_per_block consecutive entries, visited in increasing k, so each lane sums in entry order. */
@@ -206,6 +217,7 @@ static void store_hat(const layer *L, int64_t i, int64_t j, f2q_uw hat) {
 /* The final pass over group s: every stage with its scales, codes and R_hat written. */
 static void write_group(layer *L, int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64_t s) {
   int64_t n = L->n, m = L->m, plane = n * m;
+#pragma omp parallel for schedule(static) if (i1 - i0 > 1 && (i1 - i0) * (j1 - j0) >= PARALLEL_MIN)
   for (int64_t i = i0; i < i1; i++)
     for (int64_t j = j0; j < j1; j++) {
       const float *top = L->r + i * 2 * m, *bottom = L->r + (n + i) * 2 * m;
@@ -225,9 +237,15 @@ static void write_group(layer *L, int64_t i0, int64_t i1, int64_t j0, int64_t j1
 
 /* The flat index of R's first non-finite element, or -1. */
 static int64_t first_nonfinite(const float *r, int64_t numel) {
-  for (int64_t e = 0; e < numel; e++)
-    if (!isfinite(r[e])) return e;
-  return -1;
+  enum { SPAN = 1 << 16 };   /* spans scanned on threads; the smallest hit wins, as a serial scan finds */
+  int64_t first = numel;
+#pragma omp parallel for schedule(static) reduction(min : first) if (numel >= 4 * SPAN)
+  for (int64_t e0 = 0; e0 < numel; e0 += SPAN) {
+    int64_t e1 = e0 + SPAN < numel ? e0 + SPAN : numel;
+    for (int64_t e = e0; e < e1 && e < first; e++)
+      if (!isfinite(r[e])) first = e;
+  }
+  return first < numel ? first : -1;
 }
 
 /* Passes over R: per tensor, T reductions (stage t needs every scale of stages < t, and each of those
@@ -239,6 +257,8 @@ static void cpu_quantize(layer *L) {
     write_group(L, 0, n, 0, m, 0);
     return;
   }
+  /* Per row or group: rows on threads, each group's passes as the serial order has them. */
+#pragma omp parallel for schedule(static) if (n * m >= PARALLEL_MIN)
   for (int64_t i = 0; i < n; i++)
     for (int64_t g = 0; g < L->per_row; g++) {
       int64_t j0 = g * L->width, j1 = j0 + L->width < m ? j0 + L->width : m, s = i * L->per_row + g;
@@ -359,6 +379,7 @@ int f2_fairy2_dequantize(f2_tensor *r_hat, const f2_tensor *scales, const f2_ten
   layer L;
   layer_init(&L, r_hat->data, r_hat->dtype, scales, NULL, NULL, r_hat->shape, cfg);
   int64_t plane = n * m;
+#pragma omp parallel for schedule(static) if (plane >= PARALLEL_MIN)
   for (int64_t i = 0; i < n; i++)
     for (int64_t j = 0; j < m; j++) {
       int64_t s = group_of(&L, i, j);
@@ -504,6 +525,7 @@ int f2_fake_quant_int8(f2_tensor *out, const f2_tensor *x) {
   if (x->device == F2_CUDA) return f2_cuda_fake_quant_int8(out, x);
   int64_t d = x->shape[x->ndim - 1], rows = d ? f2_tensor_numel(x) / d : 0;
   int bf16 = x->dtype == F2_BF16;
+#pragma omp parallel for schedule(static) if (rows * d >= PARALLEL_MIN)
   for (int64_t row = 0; row < rows; row++) {
     float absmax = 0;
     for (int64_t j = 0; j < d; j++) {

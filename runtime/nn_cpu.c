@@ -15,9 +15,10 @@
 
 /* Head dims up to this fit the attention's on-stack accumulator (no allocation per call). */
 enum { ATTN_MAX_HEAD_DIM = 1024 };
-/* Elements below which a loop stays on one thread (a parallel region costs a few microseconds);
- * attention works in blocks of ATTN_BLOCK queries (bounds its per-thread scratch). */
-enum { PARALLEL_MIN = 1 << 15, ATTN_BLOCK = 64 };
+/* Elements below which a loop stays on one thread (about a millisecond of work: a parallel region
+ * waits for its slowest thread, which on a busy machine can take a scheduler time slice); attention
+ * works in blocks of ATTN_BLOCK queries (bounds its per-thread scratch). */
+enum { PARALLEL_MIN = 1 << 19, ATTN_BLOCK = 64 };
 
 enum { FLOAT = 1, F32_ONLY = 2, I32_ONLY = 4 };
 

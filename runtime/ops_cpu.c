@@ -1,7 +1,9 @@
 /* ops_cpu.c — the plain-C reference of every tensor op (ops.c dispatches here for CPU tensors):
  * one strided walker over up to 8 dims shared by all elementwise ops, casts between the 7 dtypes,
  * fill/arange/rand, elementwise math in fp64, reductions accumulated in fp64 in row-major order, and
- * a cache-blocked matmul with fp32 accumulation. Single-threaded and deterministic. */
+ * a cache-blocked matmul with fp32 accumulation (f2_cpu_matmul_ref; f2_cpu_matmul goes through OpenBLAS
+ * when built with it). Large elementwise walks run on OpenMP threads; results never depend on the
+ * thread count. */
 #include "ops_cpu.h"
 
 #include <math.h>
@@ -9,6 +11,19 @@
 #include <string.h>
 
 #include "f2_rng.h"
+
+#include <omp.h>
+#ifdef F2_HAVE_BLAS
+#include <cblas.h>
+#endif
+
+/* F2_THREADS=n caps the threads of the CPU path (OpenMP loops and OpenBLAS, which shares OpenMP's pool
+ * and follows its thread count); unset, OpenMP uses every core. Read once, when the runtime loads. */
+__attribute__((constructor)) static void threads_from_env(void) {
+  const char *env = getenv("F2_THREADS");
+  int n = env ? atoi(env) : 0;
+  if (n > 0) omp_set_num_threads(n);
+}
 
 /* Elements converted per step of a run: small enough for the stack, large enough that the
  * per-chunk dtype and op switches cost nothing. */
@@ -103,50 +118,92 @@ static void store_f32(char *p, int64_t step, int32_t dtype, const float *in, int
  * of the run, step[k] its byte stride, first the row-major index of the run's first element. */
 typedef void (*run_fn)(void *ctx, char *const *ptr, const int64_t *step, int64_t len, int64_t first);
 
+/* Elements below which a walk stays on one thread, and the longest piece of a run one call of fn
+ * gets, so that one long run still spreads over threads. A parallel region costs microseconds on idle
+ * cores but up to a scheduler time slice when another process keeps a core busy (it waits for its
+ * slowest thread), so only work of about a millisecond or more is split. */
+enum { PARALLEL_MIN = 1 << 19, PIECE = 1 << 14 };
+
+/* A walk's merged geometry: nd dims (innermost last), byte steps of up to 3 tensors. */
+typedef struct {
+  int n, nd;
+  int64_t shape[F2_MAX_DIMS], step[3][F2_MAX_DIMS];
+  char *base[3];
+} walk_plan;
+
+/* Pieces [p0, p1) of the walk, per_run pieces of at most `piece` elements per run: the outer index
+ * is decoded once at p0, then advanced like an odometer. */
+static void walk_range(const walk_plan *w, run_fn fn, void *ctx, int64_t piece, int64_t per_run, int64_t p0,
+                       int64_t p1) {
+  int nd = w->nd, n = w->n;
+  int64_t len = w->shape[nd - 1], index[F2_MAX_DIMS] = {0}, run = p0 / per_run;
+  char *ptr[3];
+  int64_t inner[3];
+  for (int k = 0; k < n; k++) {
+    ptr[k] = w->base[k];
+    inner[k] = w->step[k][nd - 1];
+  }
+  for (int d = nd - 2; d >= 0; d--) { /* decode the run index into the outer dims */
+    index[d] = run % w->shape[d];
+    run /= w->shape[d];
+    for (int k = 0; k < n; k++) ptr[k] += index[d] * w->step[k][d];
+  }
+  run = p0 / per_run;
+  for (int64_t p = p0; p < p1; p++) {
+    int64_t start = (p % per_run) * piece, count = len - start < piece ? len - start : piece;
+    char *at[3];
+    for (int k = 0; k < n; k++) at[k] = ptr[k] + start * inner[k];
+    fn(ctx, at, inner, count, run * len + start);
+    if (start + count < len) continue;
+    run++;
+    for (int d = nd - 2; d >= 0; d--) { /* next run: odometer over the outer dims */
+      for (int k = 0; k < n; k++) ptr[k] += w->step[k][d];
+      if (++index[d] < w->shape[d]) break;
+      for (int k = 0; k < n; k++) ptr[k] -= w->step[k][d] * w->shape[d];
+      index[d] = 0;
+    }
+  }
+}
+
 /* Walks ts[0]'s shape in row-major order for n (<= 3) tensors of that shape, any strides. Dims every
  * tensor walks contiguously are merged and size-1 dims dropped (the element order is unchanged, so a
- * contiguous tensor is one run). */
-static void walk(int n, const f2_tensor *const *ts, run_fn fn, void *ctx) {
+ * contiguous tensor is one run). parallel: fn only touches elements of its own run (elementwise ops),
+ * so large walks split into contiguous ranges of runs over the OpenMP threads; each element is still
+ * computed by the same code from the same inputs, so the result does not depend on the thread count. */
+static void walk(int n, const f2_tensor *const *ts, run_fn fn, void *ctx, int parallel) {
   const f2_tensor *t0 = ts[0];
-  int64_t shape[F2_MAX_DIMS], step[3][F2_MAX_DIMS];
-  int nd = 0;
+  walk_plan w = {.n = n};
   for (int d = 0; d < t0->ndim; d++) {
     if (t0->shape[d] == 0) return;
     if (t0->shape[d] == 1) continue;
-    int merge = nd > 0;
+    int merge = w.nd > 0;
     for (int k = 0; k < n && merge; k++)
-      merge = ts[k]->stride[d] * (int64_t)f2_dtype_size(ts[k]->dtype) * t0->shape[d] == step[k][nd - 1];
+      merge = ts[k]->stride[d] * (int64_t)f2_dtype_size(ts[k]->dtype) * t0->shape[d] == w.step[k][w.nd - 1];
     if (merge) {
-      shape[nd - 1] *= t0->shape[d];
+      w.shape[w.nd - 1] *= t0->shape[d];
     } else {
-      shape[nd] = t0->shape[d];
-      nd++;
+      w.shape[w.nd] = t0->shape[d];
+      w.nd++;
     }
-    for (int k = 0; k < n; k++) step[k][nd - 1] = ts[k]->stride[d] * (int64_t)f2_dtype_size(ts[k]->dtype);
+    for (int k = 0; k < n; k++) w.step[k][w.nd - 1] = ts[k]->stride[d] * (int64_t)f2_dtype_size(ts[k]->dtype);
   }
-  if (nd == 0) { /* one element */
-    shape[0] = 1;
-    for (int k = 0; k < n; k++) step[k][0] = 0;
-    nd = 1;
+  if (w.nd == 0) { /* one element */
+    w.shape[0] = 1;
+    for (int k = 0; k < n; k++) w.step[k][0] = 0;
+    w.nd = 1;
   }
-  char *ptr[3];
-  int64_t inner[3], index[F2_MAX_DIMS] = {0}, len = shape[nd - 1], first = 0;
-  for (int k = 0; k < n; k++) {
-    ptr[k] = ts[k]->data;
-    inner[k] = step[k][nd - 1];
+  for (int k = 0; k < n; k++) w.base[k] = ts[k]->data;
+  int64_t len = w.shape[w.nd - 1], runs = 1;
+  for (int d = 0; d < w.nd - 1; d++) runs *= w.shape[d];
+  int threads = parallel && runs * len >= PARALLEL_MIN ? omp_get_max_threads() : 1;
+  if (threads <= 1) {
+    walk_range(&w, fn, ctx, len, 1, 0, runs);
+    return;
   }
-  for (;;) {
-    fn(ctx, ptr, inner, len, first);
-    first += len;
-    int d = nd - 2;
-    for (; d >= 0; d--) { /* odometer over the outer dims */
-      for (int k = 0; k < n; k++) ptr[k] += step[k][d];
-      if (++index[d] < shape[d]) break;
-      for (int k = 0; k < n; k++) ptr[k] -= step[k][d] * shape[d];
-      index[d] = 0;
-    }
-    if (d < 0) return;
-  }
+  int64_t per_run = (len + PIECE - 1) / PIECE, pieces = runs * per_run;
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int th = 0; th < threads; th++)
+    walk_range(&w, fn, ctx, PIECE, per_run, pieces * th / threads, pieces * (th + 1) / threads);
 }
 
 /* Loops over a run in chunks: inside, `done` is the chunk's offset and `count` its length. */
@@ -201,7 +258,7 @@ static void copy_run(void *ctx, char *const *p, const int64_t *step, int64_t len
 int f2_cpu_copy(f2_tensor *dst, const f2_tensor *src) {
   ew_ctx c = {.dtype = {dst->dtype, src->dtype}};
   const f2_tensor *ts[2] = {dst, src};
-  walk(2, ts, copy_run, &c);
+  walk(2, ts, copy_run, &c, 1);
   return F2_OK;
 }
 
@@ -228,7 +285,7 @@ static void generate_run(void *ctx, char *const *p, const int64_t *step, int64_t
 static int generate(f2_tensor *t, int32_t kind, double s, double scale, uint64_t seed) {
   ew_ctx c = {.dtype = {t->dtype}, .op = kind, .s = s, .t = scale, .seed = seed};
   const f2_tensor *ts[1] = {t};
-  walk(1, ts, generate_run, &c);
+  walk(1, ts, generate_run, &c, 1);
   return F2_OK;
 }
 
@@ -293,7 +350,7 @@ static void binary_run(void *ctx, char *const *p, const int64_t *step, int64_t l
 int f2_cpu_binary(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, double s, int32_t op) {
   ew_ctx c = {.dtype = {out->dtype, a->dtype, b ? b->dtype : -1}, .op = op, .s = s};
   const f2_tensor *ts[3] = {out, a, b};
-  walk(b ? 3 : 2, ts, binary_run, &c);
+  walk(b ? 3 : 2, ts, binary_run, &c, 1);
   return F2_OK;
 }
 
@@ -311,7 +368,7 @@ static void unary_run(void *ctx, char *const *p, const int64_t *step, int64_t le
 int f2_cpu_unary(f2_tensor *out, const f2_tensor *a, int32_t op) {
   ew_ctx c = {.dtype = {out->dtype, a->dtype}, .op = op};
   const f2_tensor *ts[2] = {out, a};
-  walk(2, ts, unary_run, &c);
+  walk(2, ts, unary_run, &c, 1);
   return F2_OK;
 }
 
@@ -363,9 +420,10 @@ static void reduce_all_run(void *ctx, char *const *p, const int64_t *step, int64
   }
 }
 
-/* p[0] = out, p[1] = x's first element of the reduced dim, for len output elements. */
+/* p[0] = out, p[1] = x's first element of the reduced dim, for len output elements. Runs may go
+ * to several threads at once: each works on its own copy of the context. */
 static void reduce_dim_run(void *ctx, char *const *p, const int64_t *step, int64_t len, int64_t first) {
-  reduce_ctx *r = ctx;
+  reduce_ctx local = *(const reduce_ctx *)ctx, *r = &local;
   double buf[CHUNK];
   (void)first;
   for (int64_t j = 0; j < len; j++) {
@@ -396,7 +454,7 @@ int f2_cpu_reduce(f2_tensor *out, const f2_tensor *x, int32_t dim, int32_t op) {
   if (dim < 0) {
     reduce_start(&r);
     const f2_tensor *ts[1] = {x};
-    walk(1, ts, reduce_all_run, &r);
+    walk(1, ts, reduce_all_run, &r, 0);   /* one sum, in order */
     double v = reduce_result(&r);
     store_f64(out->data, 0, out->dtype, &v, 1);
     return F2_OK;
@@ -406,7 +464,7 @@ int f2_cpu_reduce(f2_tensor *out, const f2_tensor *x, int32_t dim, int32_t op) {
   r.inner_len = x->shape[dim];
   r.inner_step = x->stride[dim] * (int64_t)f2_dtype_size(x->dtype);
   const f2_tensor *ts[2] = {&oo, &xo};
-  walk(2, ts, reduce_dim_run, &r);
+  walk(2, ts, reduce_dim_run, &r, 1);
   return F2_OK;
 }
 
@@ -446,8 +504,8 @@ static void tile_4rows(float *c, int64_t nc, const float *a, int64_t lda, const 
       for (int64_t x = j; x < nc; x++) c[r * nc + x] += a[r * lda + k] * b[k * nc + x];
 }
 
-int f2_cpu_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
-                  float alpha, float beta) {
+int f2_cpu_matmul_ref(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
+                      float alpha, float beta) {
   int nd = out->ndim;
   int64_t batch = nd == 3 ? out->shape[0] : 1, M = out->shape[nd - 2], N = out->shape[nd - 1];
   int64_t K = trans_a ? a->shape[nd - 2] : a->shape[nd - 1];
@@ -512,4 +570,151 @@ int f2_cpu_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_
   }
   free(panel), free(block), free(acc), free(row);
   return F2_OK;
+}
+
+/* ---------------------------------------------------------------- matmul through OpenBLAS
+ * cblas_sgemm on fp32 operands read in place when their layout maps onto BLAS (one unit stride, the
+ * other a valid leading dimension; a column-major operand is a transposed row-major one). Anything
+ * else, bf16 and f16 included, is first converted into a contiguous fp32 staging buffer, as is an out
+ * BLAS can't write (bf16, odd strides). Each batch item is cut into blocks that run on the threads
+ * (sgemm_blocks), so the result does not depend on the thread count. */
+#ifdef F2_HAVE_BLAS
+/* One stored matrix (rows x cols, element strides s0 and s1) as sgemm reads it. */
+typedef struct {
+  const float *p;
+  int64_t ld;
+  int trans;   /* 1: BLAS reads it transposed (CblasTrans) */
+} blas_operand;
+
+/* Per-thread staging buffers (a, b, out), grown as needed and kept for the next call. */
+static _Thread_local float *stage_buf[3];
+static _Thread_local size_t stage_cap[3];
+
+static float *stage(int slot, int64_t rows, int64_t cols) {
+  size_t n = (size_t)(rows * cols);
+  if (n > stage_cap[slot]) {
+    float *p = realloc(stage_buf[slot], n * sizeof(float));
+    if (!p) return NULL;
+    stage_buf[slot] = p, stage_cap[slot] = n;
+  }
+  return stage_buf[slot];
+}
+
+/* The layout of an f32 matrix if sgemm can read or write it in place; trans is the op asked for. */
+static int blas_layout(blas_operand *o, int32_t dtype, int64_t rows, int64_t cols, int64_t s0, int64_t s1,
+                       int trans) {
+  if (dtype != F2_F32) return 0;
+  int64_t wide = cols > 1 ? cols : 1, tall = rows > 1 ? rows : 1;
+  if ((s1 == 1 || cols == 1) && (rows == 1 || s0 >= wide)) { /* row-major */
+    o->ld = rows == 1 ? wide : s0, o->trans = trans;
+    return o->ld <= INT32_MAX;
+  }
+  if ((s0 == 1 || rows == 1) && (cols == 1 || s1 >= tall)) { /* column-major: the transpose, row-major */
+    o->ld = cols == 1 ? tall : s1, o->trans = !trans;
+    return o->ld <= INT32_MAX;
+  }
+  return 0;
+}
+
+/* Rows of a strided matrix <-> a contiguous fp32 one, rows split over the threads when large. */
+static void stage_in(float *dst, const char *src, int32_t dtype, int64_t rows, int64_t cols, int64_t row_bytes,
+                     int64_t col_bytes) {
+#pragma omp parallel for schedule(static) if (rows * cols >= PARALLEL_MIN)
+  for (int64_t i = 0; i < rows; i++) load_f32(dst + i * cols, src + i * row_bytes, col_bytes, dtype, cols);
+}
+static void stage_out(char *dst, int32_t dtype, const float *src, int64_t rows, int64_t cols, int64_t row_bytes,
+                      int64_t col_bytes) {
+#pragma omp parallel for schedule(static) if (rows * cols >= PARALLEL_MIN)
+  for (int64_t i = 0; i < rows; i++) store_f32(dst + i * row_bytes, col_bytes, dtype, src + i * cols, cols);
+}
+
+/* Operand t (one batch item at p) as sgemm reads it: in place, or staged in slot. */
+static int blas_operand_of(blas_operand *o, const f2_tensor *t, const char *p, int trans, int slot) {
+  int nd = t->ndim;
+  int64_t rows = t->shape[nd - 2], cols = t->shape[nd - 1], s0 = t->stride[nd - 2], s1 = t->stride[nd - 1];
+  o->p = (const float *)p;
+  if (blas_layout(o, t->dtype, rows, cols, s0, s1, trans)) return F2_OK;
+  float *buf = stage(slot, rows, cols);
+  if (!buf) return F2_FAIL(F2_ERR_MEM, "matmul: out of host memory staging a %lld x %lld operand", (long long)rows, (long long)cols);
+  int64_t e = (int64_t)f2_dtype_size(t->dtype);
+  stage_in(buf, p, t->dtype, rows, cols, s0 * e, s1 * e);
+  o->p = buf, o->ld = cols > 1 ? cols : 1, o->trans = trans;
+  return F2_OK;
+}
+
+/* C[P,Q] (row-major, ldc) = alpha op(x)[P,K] op(y)[K,Q] + beta C, as single-threaded sgemm calls on
+ * blocks of C's rows or columns (the longer side), the blocks on threads. OpenBLAS's own threading
+ * would cut C by the thread count, and its edge kernels round differently from its main ones, so the
+ * bits would depend on the thread count; here the blocks depend on the shape alone. */
+static void sgemm_blocks(int64_t P, int64_t Q, int64_t K, float alpha, blas_operand x, blas_operand y, float beta,
+                         float *C, int64_t ldc) {
+  int by_rows = P >= Q;
+  int64_t len = by_rows ? P : Q, size = (len + 15) / 16;   /* at most 16 blocks of >= 64, multiples of 16 */
+  size = size < 64 ? 64 : (size + 15) / 16 * 16;
+  int64_t blocks = (len + size - 1) / size;
+  int parallel = blocks > 1 && (double)P * Q * K >= 1 << 21;
+#pragma omp parallel num_threads(parallel ? omp_get_max_threads() : 1)
+  {
+    omp_set_num_threads(1);   /* this task's own ICV: OpenBLAS, which follows it, stays on this thread */
+#pragma omp for schedule(dynamic)
+    for (int64_t blk = 0; blk < blocks; blk++) {
+      int64_t at = blk * size, n = len - at < size ? len - at : size;
+      const float *xp = x.p, *yp = y.p;
+      float *cp = C;
+      if (by_rows) /* rows [at, at+n) of op(x) and C */
+        xp += x.trans ? at : at * x.ld, cp += at * ldc;
+      else /* columns [at, at+n) of op(y) and C */
+        yp += y.trans ? at * y.ld : at, cp += at;
+      cblas_sgemm(CblasRowMajor, x.trans ? CblasTrans : CblasNoTrans, y.trans ? CblasTrans : CblasNoTrans,
+                  (int)(by_rows ? n : P), (int)(by_rows ? Q : n), (int)K, alpha, xp, (int)x.ld, yp, (int)y.ld, beta,
+                  cp, (int)ldc);
+    }
+  }
+}
+
+static int blas_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
+                       float alpha, float beta) {
+  int nd = out->ndim;
+  int64_t batch = nd == 3 ? out->shape[0] : 1, M = out->shape[nd - 2], N = out->shape[nd - 1];
+  int64_t K = trans_a ? a->shape[nd - 2] : a->shape[nd - 1];
+  int64_t ea = (int64_t)f2_dtype_size(a->dtype), eb = (int64_t)f2_dtype_size(b->dtype);
+  int64_t eo = (int64_t)f2_dtype_size(out->dtype), os0 = out->stride[nd - 2], os1 = out->stride[nd - 1];
+  for (int64_t bi = 0; bi < batch; bi++) {
+    const char *A = (const char *)a->data + (nd == 3 ? bi * a->stride[0] * ea : 0);
+    const char *B = (const char *)b->data + (nd == 3 ? bi * b->stride[0] * eb : 0);
+    char *O = (char *)out->data + (nd == 3 ? bi * out->stride[0] * eo : 0);
+    blas_operand oa = {0}, ob = {0}, oc = {0};
+    F2_TRY(blas_operand_of(&oa, a, A, trans_a, 0));
+    F2_TRY(blas_operand_of(&ob, b, B, trans_b, 1));
+    /* out written in place: row-major as asked, or column-major as C^T = op(b)^T op(a)^T. */
+    int direct = blas_layout(&oc, out->dtype, M, N, os0, os1, 0);
+    float *C = (float *)O;
+    if (!direct) {
+      if (!(C = stage(2, M, N)))
+        return F2_FAIL(F2_ERR_MEM, "matmul: out of host memory staging a %lld x %lld output", (long long)M, (long long)N);
+      if (beta != 0.0f) stage_in(C, O, out->dtype, M, N, os0 * eo, os1 * eo);
+      oc.ld = N, oc.trans = 0;
+    }
+    if (!oc.trans) {
+      sgemm_blocks(M, N, K, alpha, oa, ob, beta, C, oc.ld);
+    } else { /* C^T = op(b)^T op(a)^T: each operand read with the opposite transpose */
+      ob.trans = !ob.trans, oa.trans = !oa.trans;
+      sgemm_blocks(N, M, K, alpha, ob, oa, beta, C, oc.ld);
+    }
+    if (!direct) stage_out(O, out->dtype, C, M, N, os0 * eo, os1 * eo);
+  }
+  return F2_OK;
+}
+#endif
+
+int f2_cpu_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
+                  float alpha, float beta) {
+#ifdef F2_HAVE_BLAS
+  int nd = out->ndim;
+  int64_t M = out->shape[nd - 2], N = out->shape[nd - 1], K = trans_a ? a->shape[nd - 2] : a->shape[nd - 1];
+  /* Empty products (out = beta * out) and sizes beyond BLAS's int go to the reference. */
+  if (M > 0 && N > 0 && K > 0 && M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX)
+    return blas_matmul(out, a, b, trans_a, trans_b, alpha, beta);
+#endif
+  return f2_cpu_matmul_ref(out, a, b, trans_a, trans_b, alpha, beta);
 }

@@ -18,7 +18,10 @@ int f2_cpu_rand_normal(f2_tensor *t, uint64_t seed, double mean, double std);
 int f2_cpu_binary(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, double s, int32_t op);
 int f2_cpu_unary(f2_tensor *out, const f2_tensor *a, int32_t op);
 int f2_cpu_reduce(f2_tensor *out, const f2_tensor *x, int32_t dim, int32_t op);
+/* OpenBLAS when built with it (F2_HAVE_BLAS), else the reference; _ref is the plain C GEMM (tests). */
 int f2_cpu_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
                   float alpha, float beta);
+int f2_cpu_matmul_ref(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
+                      float alpha, float beta);
 #pragma GCC visibility pop
 #endif

@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# libopenblas-openmp-dev: the CPU GEMMs (linked statically; docs/performance.md).
 apt_packages=(build-essential cmake pkg-config libluajit-5.1-dev lua-cjson-dev libcurl4-openssl-dev
-              python3 python3-pip)
+              libopenblas-openmp-dev python3 python3-pip)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
