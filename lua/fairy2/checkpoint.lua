@@ -40,6 +40,7 @@ end
 M.fsync_path = fsync_path
 
 local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+M.shell_quote = shell_quote
 
 local function exists(path) return os.rename(path, path) ~= nil end
 
@@ -79,20 +80,26 @@ local function file_size(path)
   f:close()
   return size
 end
+M.file_size = file_size
 
 -- Writes text to path durably: path.tmp, fsync, rename.
 local function write_durable(path, text)
   local tmp = path .. ".tmp"
   local f, err = io.open(tmp, "wb")
   if not f then return nil, err end
-  f:write(text)
+  local wrote, werr = f:write(text)
   f:close()
+  if not wrote then
+    os.remove(tmp)
+    return nil, tmp .. ": " .. tostring(werr)
+  end
   local ok, ferr = fsync_path(tmp)
   if not ok then return nil, ferr end
   local rok, rerr = os.rename(tmp, path)
   if not rok then return nil, rerr end
   return true
 end
+M.write_durable = write_durable
 
 function M.dir_name(step) return string.format("step_%06d", step) end
 

@@ -16,6 +16,7 @@ local data = require "fairy2.data"
 local fairy2 = require "fairy2.fairy2"
 local llama = require "fairy2.models.llama"
 local safetensors = require "fairy2.safetensors"
+local checkpoint = require "fairy2.checkpoint"
 local C = f2.C
 
 local M = {}
@@ -25,7 +26,7 @@ local GRANULARITY_NAMES = { [0] = "tensor", [1] = "row", [2] = "group" }
 
 -- ---------------------------------------------------------------- files
 
-local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local shell_quote = checkpoint.shell_quote
 
 local function exists(path)
   local f = io.open(path, "rb")
@@ -41,29 +42,9 @@ local function read_file(path)
   return s
 end
 
--- Written to path.tmp, then renamed: a reader sees the old file or the whole new one.
-local function write_file(path, text)
-  local tmp = path .. ".tmp"
-  local f, err = io.open(tmp, "wb")
-  if not f then return nil, err end
-  local ok, werr = f:write(text)
-  f:close()
-  if not ok then
-    os.remove(tmp)
-    return nil, tmp .. ": " .. tostring(werr)
-  end
-  local renamed, rerr = os.rename(tmp, path)
-  if not renamed then return nil, rerr end
-  return true
-end
-
-local function file_size(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local n = f:seek("end")
-  f:close()
-  return n
-end
+-- Written to path.tmp, fsync'd, then renamed: a reader sees the old file or the whole new one.
+local write_file = checkpoint.write_durable
+local file_size = checkpoint.file_size
 
 local function mkdir_p(dir)
   local rc = os.execute("mkdir -p " .. shell_quote(dir))
