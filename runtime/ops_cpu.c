@@ -17,9 +17,14 @@
 #include <cblas.h>
 #endif
 
-/* F2_THREADS=n caps the threads of the CPU path (OpenMP loops and OpenBLAS, which shares OpenMP's pool
- * and follows its thread count); unset, OpenMP uses every core. Read once, when the runtime loads. */
+/* F2_THREADS=n sets the threads of the CPU path (OpenMP loops; OpenBLAS runs inside them); unset,
+ * OpenMP uses every core. Read once, when the runtime loads. Idle threads wait passively (asleep)
+ * unless OMP_WAIT_POLICY says otherwise: spinning threads lose their core to any other busy process
+ * and every parallel region then waits a scheduler time slice for them (measured: a training step
+ * 24 s spinning, 15 s passive with another process on one of 2 cores). libgomp reads the variable
+ * when it initializes, after this constructor (OMP_DISPLAY_ENV=true shows the policy it took). */
 __attribute__((constructor)) static void threads_from_env(void) {
+  setenv("OMP_WAIT_POLICY", "passive", 0);
   const char *env = getenv("F2_THREADS");
   int n = env ? atoi(env) : 0;
   if (n > 0) omp_set_num_threads(n);
