@@ -116,7 +116,11 @@ def main():
         check(lib.f2_fairy2_rebuild(w(back, F32), *[w(p, F32) for p in planes]) == 0, "rebuild")
     for got, want, name in zip(planes, ref.split(r), ("U re", "U im", "W re", "W im")):
         check(np.array_equal(got, want), f"split {name}")
-    check(np.allclose(back, r, rtol=1e-6, atol=1e-7), "rebuild(split(R)) == R")
+    # Each element comes back as a sum of two halves rounded to f32, so its error is a few ulps of the
+    # larger of the entries it was mixed with (r11 with r22, r12 with r21), not of itself.
+    ulp_scale = np.finfo(np.float32).eps * np.abs(r).max()
+    check(np.all(np.abs(back - r) <= 4 * ulp_scale), "rebuild(split(R)) == R to float rounding",
+          f"max error {np.abs(back - r).max():.3g}, bound {4 * ulp_scale:.3g}")
 
     # Random matrices: shapes, stages, granularities.
     shapes = [(2, 2), (4, 6), (6, 4), (2, 64), (64, 2), (34, 70), (128, 96), (256, 256), (192, 576)]
