@@ -3,6 +3,7 @@
 -- first scored once, no BOS added), for the full-precision model and after Fairy2i post-training
 -- quantization (--quant-stages 0,2,1 evaluates all three in one run).
 local f2 = require "fairy2"
+local toolargs = require "fairy2.toolargs"
 local data = require "fairy2.data"
 local evaluate = require "fairy2.evaluate"
 
@@ -127,15 +128,8 @@ local function fail(msg)
 end
 
 function M.main(args)
-  local ok, o = pcall(parse, args or {})
-  if not ok then
-    io.stderr:write("fairy2 eval: ", type(o) == "table" and o.usage or tostring(o), "\n", M.usage, "\n")
-    return 2
-  end
-  if o.help then
-    print(M.usage)
-    return 0
-  end
+  local o, status = toolargs.parse("eval", M.usage, parse, args)
+  if not o then return status end
   if o.device == "cuda" then
     local usable, why = require("fairy2.tools.generate").cuda_model_ops()
     if not usable then return fail("--device cuda: " .. why .. "; use --device cpu") end

@@ -1,6 +1,7 @@
 -- tools/export.lua — `fairy2 export`: a trained checkpoint to a Hugging Face directory and/or a packed
 -- Fairy2 file (lua/fairy2/export.lua, docs/export.md).
 local export = require "fairy2.export"
+local toolargs = require "fairy2.toolargs"
 
 local M = {}
 
@@ -40,17 +41,11 @@ end
 -- emit(line) prints (default print).
 function M.main(args, emit)
   local print = emit or print
-  local ok, o = pcall(parse, args or {})
-  if not ok or (not o.help and (not o.ckpt or not (o.hf or o.packed))) then
-    local why = not ok and (type(o) == "table" and o.usage or tostring(o)) or
-      (not o.ckpt and "give a CKPT_DIR" or "give --hf OUT_DIR and/or --packed OUT")
-    io.stderr:write("fairy2 export: ", why, "\n", M.usage, "\n")
-    return 2
-  end
-  if o.help then
-    print(M.usage)
-    return 0
-  end
+  local o, status = toolargs.parse("export", M.usage, parse, args, print, function(o)
+    if not o.ckpt then return "give a CKPT_DIR" end
+    if not (o.hf or o.packed) then return "give --hf OUT_DIR and/or --packed OUT" end
+  end)
+  if not o then return status end
   local ck, err = export.load_checkpoint(o.ckpt)
   if not ck then
     io.stderr:write("fairy2 export: ", tostring(err), "\n")

@@ -2,6 +2,7 @@
 -- as it is decoded, with prompt and generation tokens/s on stderr. M.generate(model, ids, opts) is
 -- the loop itself, for scripts and tests.
 local f2 = require "fairy2"
+local toolargs = require "fairy2.toolargs"
 local clock = require "fairy2.clock"
 local sample = require "fairy2.sample"
 
@@ -173,15 +174,8 @@ local function fail(msg)
 end
 
 function M.main(args)
-  local ok, o = pcall(parse, args or {})
-  if not ok then
-    io.stderr:write("fairy2 generate: ", type(o) == "table" and o.usage or tostring(o), "\n", M.usage, "\n")
-    return 2
-  end
-  if o.help then
-    print(M.usage)
-    return 0
-  end
+  local o, status = toolargs.parse("generate", M.usage, parse, args)
+  if not o then return status end
   if o.device == "cuda" then
     local usable, why = M.cuda_model_ops()
     if not usable then return fail("--device cuda: " .. why .. "; use --device cpu") end

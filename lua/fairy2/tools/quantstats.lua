@@ -3,6 +3,7 @@
 -- safetensors checkpoint, or for random layers of SmolLM2-135M's shapes. Post-training: what the
 -- quantizer does to the weights as they are, before any training.
 local f2 = require "fairy2"
+local toolargs = require "fairy2.toolargs"
 local fairy2 = require "fairy2.fairy2"
 local C = f2.C
 
@@ -110,19 +111,10 @@ end
 -- emit(line) prints (default print).
 function M.main(args, emit)
   local print = emit or print
-  local ok, o = pcall(parse, args or {})
-  if not ok then
-    io.stderr:write("fairy2 quantstats: ", type(o) == "table" and o.usage or tostring(o), "\n", M.usage, "\n")
-    return 2
-  end
-  if o.help then
-    print(M.usage)
-    return 0
-  end
-  if not o.random and not o.model then
-    io.stderr:write("fairy2 quantstats: give a MODEL or --random\n", M.usage, "\n")
-    return 2
-  end
+  local o, status = toolargs.parse("quantstats", M.usage, parse, args, print, function(o)
+    if not o.random and not o.model then return "give a MODEL or --random" end
+  end)
+  if not o then return status end
   local cfg = fairy2.config({ stages = o.stages, granularity = o.granularity, group_size = o.group_size })
   local weights, skipped, err
   if o.random then
