@@ -10,18 +10,8 @@ local data = require "fairy2.data"
 local safetensors = require "fairy2.safetensors"
 
 local seed = t.seed()
-local dir = os.tmpname()
-os.remove(dir)
-fx.make(dir, seed)
-
--- A stream that keeps what a run prints.
-local function sink()
-  local s = { text = {} }
-  function s:write(...) for _, x in ipairs { ... } do self.text[#self.text + 1] = tostring(x) end end
-  function s:flush() end
-  function s:all() return table.concat(self.text) end
-  return s
-end
+local dir = fx.fresh(seed)
+local sink = fx.sink
 
 local function bits(x) return string.format("%a", x) end   -- exact: hex float
 

@@ -13,17 +13,8 @@ local plot = require "fairy2.plot"
 local safetensors = require "fairy2.safetensors"
 
 local seed = t.seed()
-local dir = os.tmpname()
-os.remove(dir)
-fx.make(dir, seed)
-
-local function sink()
-  local s = { text = {} }
-  function s:write(...) for _, x in ipairs { ... } do self.text[#self.text + 1] = tostring(x) end end
-  function s:flush() end
-  function s:all() return table.concat(self.text) end
-  return s
-end
+local dir = fx.fresh(seed)
+local sink = fx.sink
 
 local n_runs = 0
 local function run(over, expect_error)

@@ -53,6 +53,23 @@ local function documents(n, rng)
   return docs
 end
 
+-- A fresh temporary directory holding the fixture (M.make); returns its path.
+function M.fresh(seed)
+  local dir = os.tmpname()
+  os.remove(dir)
+  M.make(dir, seed)
+  return dir
+end
+
+-- A stream for train.fit's { stream = ... } that keeps what a run prints (s:all()).
+function M.sink()
+  local s = { text = {} }
+  function s:write(...) for _, x in ipairs { ... } do self.text[#self.text + 1] = tostring(x) end end
+  function s:flush() end
+  function s:all() return table.concat(self.text) end
+  return s
+end
+
 -- Writes dir/model (config.json + model.safetensors) and dir/tokens (two sources: alpha, beta).
 function M.make(dir, seed)
   seed = seed or 1
