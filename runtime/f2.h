@@ -150,6 +150,23 @@ int f2_cuda_memory_stats(f2_memory_stats *out);
 int f2_cuda_reset_peak(void);
 int f2_cuda_empty_cache(void);   /* gives cached, unused blocks back to the driver */
 int f2_cuda_synchronize(void);
+/* CUDA graphs of the fairy2 stream. Between begin and end, work queued on the GPU is recorded, not
+ * run; GPU memory allocated meanwhile comes from the graph's private pool (blocks freed during the
+ * capture are reused only by it, and stay the graph's until it is freed), so replays never touch
+ * memory handed out since. Anything that waits for the GPU (reading a value back) fails the capture.
+ * end returns NULL (with a message) when the capture failed; free gives the pool's free blocks back
+ * to the allocator. */
+/* Time per kernel family, for benchmarks: while on, every GPU op dispatched eagerly (not while a graph
+ * is captured) is bracketed by CUDA events; the report waits for the GPU and writes one line per op
+ * family, "name calls total_ms", slowest first, then starts over. */
+int f2_cuda_profile(int32_t on);
+int f2_cuda_profile_report(char *buf, size_t size);
+typedef struct f2_cuda_graph f2_cuda_graph;
+int f2_cuda_graph_begin(void);
+f2_cuda_graph *f2_cuda_graph_end(void);
+int f2_cuda_graph_launch(const f2_cuda_graph *g);
+void f2_cuda_graph_free(f2_cuda_graph *g);   /* NULL is fine */
+int f2_cuda_is_capturing(void);              /* 1 between begin and end */
 
 /* ---------------------------------------------------------------- Fairy2i quantization (FAIRY2I.md)
  * runtime/fairy2.c (CPU reference, dispatch) and kernels/fairy2.cu; docs/fairy2.md has the details.
@@ -206,8 +223,10 @@ int f2_fake_quant_int8(f2_tensor *out, const f2_tensor *x);
 /* ---------------------------------------------------------------- model ops (CPU reference + CUDA)
  * The Llama/Qwen3 layers, forward and backward (runtime/nn_cpu.c; docs/models.md). Tensors are
  * contiguous; float inputs f32 or bf16 with fp32 math; saved statistics (rstd, lse, losses) and
- * gradients that accumulate (marked +=) are f32; other outputs are overwritten. CUDA: not yet
- * (F2_ERR_UNSUPPORTED). */
+ * gradients that accumulate (marked +=) are f32; other outputs are overwritten. Every op runs where
+ * its tensors are (all on the CPU or all on one GPU: kernels/nn.cu, attention.cu, classifier.cu). On
+ * a GPU, ids and targets are not range-checked on the host (that would wait for the GPU): an id
+ * outside the vocabulary reads a zero row, a target outside it gives a NaN loss. */
 
 /* out[N,D] = weight[ids[n]]; ids i32 of any shape with N elements, each in [0, V). */
 int f2_embedding_forward(f2_tensor *out, const f2_tensor *weight, const f2_tensor *ids);
@@ -220,6 +239,14 @@ int f2_rmsnorm_forward(f2_tensor *out, f2_tensor *rstd, const f2_tensor *x, cons
 /* From dy and the forward's rstd: dx (overwritten) and dweight[D] += (NULL: skipped). */
 int f2_rmsnorm_backward(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, const f2_tensor *x,
                         const f2_tensor *weight, const f2_tensor *rstd);
+/* RMSNorm fused with the residual add before it (a pre-norm block's h = a + b; x = norm(h)):
+ * sum = a + b (sum may be a or b; all one shape), out = norm(sum) and rstd as f2_rmsnorm_forward. */
+int f2_rmsnorm_residual_forward(f2_tensor *sum, f2_tensor *out, f2_tensor *rstd, const f2_tensor *a,
+                                const f2_tensor *b, const f2_tensor *weight, float eps);
+/* f2_rmsnorm_backward adding into dx (dx += d norm / d x) instead of overwriting it, so the residual
+ * stream's gradient takes the norm's in the same pass. dx must not alias dy. */
+int f2_rmsnorm_backward_add(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, const f2_tensor *x,
+                            const f2_tensor *weight, const f2_tensor *rstd);
 
 /* RoPE tables: cos/sin[P, Dh/2] at positions 0..P-1 from inv_freq[Dh/2] (angle = p * inv_freq as fp32). */
 int f2_rope_tables(f2_tensor *cos_table, f2_tensor *sin_table, const f2_tensor *inv_freq);
@@ -230,7 +257,8 @@ int f2_rope_backward(f2_tensor *dx, const f2_tensor *dout, const f2_tensor *cos_
 
 /* Causal attention with grouped KV heads: q/out[B,T,H,Dh], k/v[B,T,Hkv,Dh], H a multiple of Hkv, query
  * head h reads KV head h / (H/Hkv); softmax(scale * q k^T) v. lse[B,H,T] (log-sum-exp of the scaled
- * scores, NULL when not needed) is what the backward needs besides out. dq, dk, dv are f32. */
+ * scores, NULL when not needed) is what the backward needs besides out. dq, dk, dv are overwritten; f32
+ * (on a GPU also bf16). On a GPU: flash attention (tiles, online softmax, no T x T matrix), deterministic. */
 int f2_attention_forward(f2_tensor *out, f2_tensor *lse, const f2_tensor *q, const f2_tensor *k, const f2_tensor *v,
                          float scale);
 int f2_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tensor *dv, const f2_tensor *dout, const f2_tensor *q,
@@ -256,6 +284,16 @@ int f2_cross_entropy_forward(f2_tensor *loss, f2_tensor *losses, const f2_tensor
                              int32_t ignore_index);
 int f2_cross_entropy_backward(f2_tensor *dlogits, const f2_tensor *logits, const f2_tensor *targets,
                               int32_t ignore_index, float dloss);
+
+/* The LM head fused with softmax cross-entropy, chunk_rows rows at a time (0: a default) so the [N, V]
+ * logits never exist whole: logits = h weight^T with h [N, D] and weight [V, D] (f32 or bf16, one
+ * dtype; fp32 accumulation), then loss, losses and targets as f2_cross_entropy_forward. With dh not
+ * NULL also the backward of dloss * loss: dh [N, D] in h's dtype (overwritten) and, unless dweight is
+ * NULL, dweight [V, D] f32 += dlogits^T h. Results match the unfused ops up to the logits' rounding
+ * (a bf16 chunk of logits on a GPU). */
+int f2_lm_head_cross_entropy(f2_tensor *loss, f2_tensor *losses, f2_tensor *dh, f2_tensor *dweight,
+                             const f2_tensor *h, const f2_tensor *weight, const f2_tensor *targets,
+                             int32_t ignore_index, float dloss, int64_t chunk_rows);
 
 /* ---------------------------------------------------------------- files: safetensors, GGUF
  * Readers mmap the file and validate every header field against it (errors name the file and the
@@ -381,6 +419,18 @@ typedef struct f2_adamw_config {
   int64_t step;
 } f2_adamw_config;
 int f2_adamw_step(f2_tensor *param, f2_tensor *m, f2_tensor *v, const f2_tensor *grad, const f2_adamw_config *cfg);
+/* The same update with its per-step scalars read from device memory (a CUDA graph replays the kernel
+ * arguments it captured, so what changes per step cannot be one): hparams f32 [F2_ADAMW_HPARAMS] on the
+ * parameter's device holds lr, beta1, beta2, eps, weight_decay, 1 - beta1^step, 1 - beta2^step and
+ * max_norm; sumsq f32 [1] the global sum of squares of the gradients (f2_sum_squares), from which
+ * grad_scale = max_norm / sqrt(sumsq) when that norm exceeds max_norm > 0, else 1. A non-finite sumsq
+ * skips the update: param, m and v stay as they are. */
+enum {
+  F2_ADAMW_LR = 0, F2_ADAMW_BETA1, F2_ADAMW_BETA2, F2_ADAMW_EPS, F2_ADAMW_WEIGHT_DECAY, F2_ADAMW_BC1,
+  F2_ADAMW_BC2, F2_ADAMW_MAX_NORM, F2_ADAMW_HPARAMS
+};
+int f2_adamw_step_dev(f2_tensor *param, f2_tensor *m, f2_tensor *v, const f2_tensor *grad, const f2_tensor *hparams,
+                      const f2_tensor *sumsq);
 /* Sum of squares of every element of each of the n tensors, in a fixed order, into out (f32, 1 element
  * on the tensors' device): the global gradient norm is sqrt(out). */
 int f2_sum_squares(f2_tensor *out, const f2_tensor *const *tensors, int32_t n);

@@ -88,6 +88,46 @@ int f2_cuda_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32
 int f2_cuda_adamw_step(f2_tensor *p, f2_tensor *m, f2_tensor *v, const f2_tensor *g, const f2_adamw_config *c);
 int f2_cuda_sum_squares(f2_tensor *out, const f2_tensor *const *tensors, int32_t n);
 
+/* ---- kernel-family timing (kernels/profile.cu; no-ops without CUDA): F2_PROFILED(name, call) runs
+ * call between two CUDA events when profiling is on, and returns its status. */
+int f2_prof_begin(const char *name);
+int f2_prof_end(int slot, int rc);
+#define F2_PROFILED(name, call) __extension__({ int f2_prof_slot_ = f2_prof_begin(name); f2_prof_end(f2_prof_slot_, (call)); })
+
+/* ---- model ops (kernels/nn.cu, attention.cu, classifier.cu; cuda_stub_nn.c without CUDA). The
+ * dispatch in nn_cpu.c / classifier.c checks shapes, dtypes and devices first. */
+int f2_cuda_embedding_forward(f2_tensor *out, const f2_tensor *weight, const f2_tensor *ids);
+int f2_cuda_embedding_backward(f2_tensor *dweight, const f2_tensor *dout, const f2_tensor *ids);
+int f2_cuda_rmsnorm_forward(f2_tensor *out, f2_tensor *rstd, const f2_tensor *x, const f2_tensor *weight, float eps);
+int f2_cuda_rmsnorm_residual_forward(f2_tensor *sum, f2_tensor *out, f2_tensor *rstd, const f2_tensor *a,
+                                     const f2_tensor *b, const f2_tensor *weight, float eps);
+/* accumulate: 0 dx = ..., 1 dx += ... */
+int f2_cuda_rmsnorm_backward(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, const f2_tensor *x,
+                             const f2_tensor *weight, const f2_tensor *rstd, int accumulate);
+int f2_cuda_rope_tables(f2_tensor *cos_table, f2_tensor *sin_table, const f2_tensor *inv_freq);
+/* sign +1 forward, -1 backward. */
+int f2_cuda_rope(f2_tensor *out, const f2_tensor *x, const f2_tensor *cos_table, const f2_tensor *sin_table, float sign);
+int f2_cuda_swiglu_forward(f2_tensor *out, const f2_tensor *gate, const f2_tensor *up);
+int f2_cuda_swiglu_backward(f2_tensor *dgate, f2_tensor *dup, const f2_tensor *dout, const f2_tensor *gate,
+                            const f2_tensor *up);
+int f2_cuda_cross_entropy_forward(f2_tensor *loss, f2_tensor *losses, const f2_tensor *logits,
+                                  const f2_tensor *targets, int32_t ignore_index);
+int f2_cuda_cross_entropy_backward(f2_tensor *dlogits, const f2_tensor *logits, const f2_tensor *targets,
+                                   int32_t ignore_index, float dloss);
+int f2_cuda_attention_forward(f2_tensor *out, f2_tensor *lse, const f2_tensor *q, const f2_tensor *k,
+                              const f2_tensor *v, float scale);
+int f2_cuda_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tensor *dv, const f2_tensor *dout, const f2_tensor *q,
+                               const f2_tensor *k, const f2_tensor *v, const f2_tensor *out, const f2_tensor *lse,
+                               float scale);
+int f2_cuda_attention_decode(f2_tensor *out, const f2_tensor *q, const f2_tensor *k_cache, const f2_tensor *v_cache,
+                             int64_t n_past, float scale);
+int f2_cuda_lm_head_cross_entropy(f2_tensor *loss, f2_tensor *losses, f2_tensor *dh, f2_tensor *dweight,
+                                  const f2_tensor *h, const f2_tensor *weight, const f2_tensor *targets,
+                                  int32_t ignore_index, float dloss, int64_t chunk_rows);
+int f2_cuda_adamw_step_dev(f2_tensor *p, f2_tensor *m, f2_tensor *v, const f2_tensor *g, const f2_tensor *hparams,
+                           const f2_tensor *sumsq);
+/* ---- end model ops */
+
 /* ---- Fairy2i quantization (kernels/fairy2.cu; stubs in cuda_stub_fairy2.c without CUDA). runtime/fairy2.c
  * checks every argument first. first_bad: NULL, or count slots that receive the flat index into R of
  * the first non-finite element of each layer's R (-1 when none); filling it waits for the GPU. */

@@ -330,7 +330,8 @@ int f2_fairy2_quantize_batch(f2_tensor *const *r_hat, f2_tensor *const *scales, 
     int32_t chunk = count - c0 < BATCH_CHUNK ? count - c0 : BATCH_CHUNK;
     int64_t bad[BATCH_CHUNK];
     if (r[0]->device == F2_CUDA) {
-      F2_TRY(f2_cuda_fairy2_quantize(r_hat + c0, scales + c0, codes + c0, r + c0, chunk, cfg, check ? bad : NULL));
+      F2_TRY(F2_PROFILED("fairy2_quantize", f2_cuda_fairy2_quantize(r_hat + c0, scales + c0, codes + c0, r + c0, chunk, cfg,
+                                                                      check ? bad : NULL)));
     } else {
       for (int32_t l = 0; l < chunk; l++) {
         const f2_tensor *R = r[c0 + l];

@@ -1,8 +1,8 @@
 /* nn_cpu.c — the model ops of the Llama/Qwen3 family (embedding, RMSNorm, RoPE, causal GQA attention,
  * SwiGLU, cross-entropy), forward and backward: argument checks, the device dispatch and the plain-C
  * reference. Float inputs f32 or bf16, math in fp32 (sums in double), gradients that accumulate are f32.
- * Every tensor must be contiguous. CUDA kernels for these ops come later: CUDA tensors are refused.
- * Loops run on OpenMP threads over independent rows, heads or columns, never splitting a sum, so results
+ * Every tensor must be contiguous. When the tensors are on a GPU, the op goes to its CUDA kernel after
+ * the checks (kernels/nn.cu, attention.cu). Loops run on OpenMP threads over independent rows, heads or columns, never splitting a sum, so results
  * do not depend on the thread count; attention goes through f2_cpu_matmul (OpenBLAS when built with it). */
 #include "f2_internal.h"
 #include "ops_cpu.h"
@@ -30,11 +30,11 @@ static const char *shape_str(const f2_tensor *t, char *buf, size_t size) {
   return buf;
 }
 
-/* Every tensor argument passes here: present, on the CPU, contiguous, of an accepted dtype. */
+/* Every tensor argument passes here: present, contiguous, of an accepted dtype. */
 static int arg(const char *op, const char *name, const f2_tensor *t, int kind) {
   if (!t) return F2_FAIL(F2_ERR_ARG, "%s: %s is NULL", op, name);
-  if (t->device == F2_CUDA) return F2_FAIL(F2_ERR_UNSUPPORTED, "%s: not on CUDA yet (%s is a CUDA tensor)", op, name);
-  if (t->device != F2_CPU) return F2_FAIL(F2_ERR_ARG, "%s: %s has unknown device %d", op, name, (int)t->device);
+  if (t->device != F2_CPU && t->device != F2_CUDA)
+    return F2_FAIL(F2_ERR_ARG, "%s: %s has unknown device %d", op, name, (int)t->device);
   if (!f2_tensor_is_contiguous(t)) return F2_FAIL(F2_ERR_ARG, "%s: %s must be contiguous", op, name);
   int ok = kind == FLOAT ? (t->dtype == F2_F32 || t->dtype == F2_BF16)
            : kind == F32_ONLY ? t->dtype == F2_F32 : t->dtype == F2_I32;
@@ -43,6 +43,23 @@ static int arg(const char *op, const char *name, const f2_tensor *t, int kind) {
                    kind == FLOAT ? "f32 or bf16" : kind == F32_ONLY ? "f32" : "i32");
   return F2_OK;
 }
+
+/* The op's tensors (NULLs skipped) must all be on one device; *gpu = 1 when that is a GPU. */
+static int one_device(const char *op, int *gpu, const f2_tensor *const *t, int n) {
+  int dev = -1;
+  for (int i = 0; i < n; i++) {
+    if (!t[i]) continue;
+    if (dev < 0) dev = t[i]->device;
+    else if (t[i]->device != dev)
+      return F2_FAIL(F2_ERR_ARG, "%s: tensors on different devices (argument %d is on %s, an earlier one on %s)", op,
+                     i + 1, t[i]->device == F2_CUDA ? "cuda" : "cpu", dev == F2_CUDA ? "cuda" : "cpu");
+  }
+  *gpu = dev == F2_CUDA;
+  return F2_OK;
+}
+#define ONE_DEVICE(op, gpu, ...) \
+  one_device((op), (gpu), (const f2_tensor *const[]){__VA_ARGS__}, \
+             (int)(sizeof((const f2_tensor *const[]){__VA_ARGS__}) / sizeof(const f2_tensor *)))
 
 /* t must have exactly the given shape. */
 static int shape_is(const char *op, const char *name, const f2_tensor *t, int ndim, const int64_t *shape) {
@@ -93,6 +110,9 @@ int f2_embedding_forward(f2_tensor *out, const f2_tensor *weight, const f2_tenso
   if (weight->ndim != 2) return F2_FAIL(F2_ERR_ARG, "%s: weight must be 2-D [vocab, dim], has %d dims", op, (int)weight->ndim);
   int64_t vocab = weight->shape[0], dim = weight->shape[1], n = f2_tensor_numel(ids);
   F2_TRY(rows_cols(op, "out", out, n, dim));
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, out, weight, ids));
+  if (gpu) return F2_PROFILED("embedding", f2_cuda_embedding_forward(out, weight, ids));
   F2_TRY(check_ids(op, ids, vocab));
 #pragma omp parallel for schedule(static) if (n * dim >= PARALLEL_MIN)
   for (int64_t i = 0; i < n; i++)
@@ -108,6 +128,9 @@ int f2_embedding_backward(f2_tensor *dweight, const f2_tensor *dout, const f2_te
   if (dweight->ndim != 2) return F2_FAIL(F2_ERR_ARG, "%s: dweight must be 2-D [vocab, dim], has %d dims", op, (int)dweight->ndim);
   int64_t vocab = dweight->shape[0], dim = dweight->shape[1], n = f2_tensor_numel(ids);
   F2_TRY(rows_cols(op, "dout", dout, n, dim));
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, dweight, dout, ids));
+  if (gpu) return F2_PROFILED("embedding_backward", f2_cuda_embedding_backward(dweight, dout, ids));
   F2_TRY(check_ids(op, ids, vocab));
   for (int64_t i = 0; i < n; i++) {
     float *row = F32(dweight) + (int64_t)I32(ids)[i] * dim;
@@ -139,6 +162,9 @@ int f2_rmsnorm_forward(f2_tensor *out, f2_tensor *rstd, const f2_tensor *x, cons
     F2_TRY(shape_is(op, "rstd", rstd, 1, &rows));
   }
   if (!(eps >= 0)) return F2_FAIL(F2_ERR_ARG, "%s: eps = %g must be >= 0", op, (double)eps);
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, out, rstd, x, weight));
+  if (gpu) return F2_PROFILED("rmsnorm", f2_cuda_rmsnorm_forward(out, rstd, x, weight, eps));
 #pragma omp parallel for schedule(static) if (rows * dim >= PARALLEL_MIN)
   for (int64_t r = 0; r < rows; r++) {
     double ss = 0;
@@ -156,9 +182,8 @@ int f2_rmsnorm_forward(f2_tensor *out, f2_tensor *rstd, const f2_tensor *x, cons
 
 /* y = w * x * r, r = (mean x^2 + eps)^-1/2:  dw += sum_rows dy*x*r,  dx = r * (g - xhat * mean(g * xhat))
  * with g = dy * w and xhat = x * r. */
-int f2_rmsnorm_backward(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, const f2_tensor *x,
-                        const f2_tensor *weight, const f2_tensor *rstd) {
-  const char *op = "f2_rmsnorm_backward";
+static int rmsnorm_backward(const char *op, f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy,
+                            const f2_tensor *x, const f2_tensor *weight, const f2_tensor *rstd, int accumulate) {
   int64_t rows = 0, dim = 0;
   F2_TRY(rmsnorm_args(op, x, weight, &rows, &dim));
   F2_TRY(arg(op, "dx", dx, FLOAT));
@@ -171,6 +196,10 @@ int f2_rmsnorm_backward(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, 
     F2_TRY(arg(op, "dweight", dweight, F32_ONLY));
     F2_TRY(shape_is(op, "dweight", dweight, 1, &dim));
   }
+  if (accumulate && dx->data == dy->data) return F2_FAIL(F2_ERR_ARG, "%s: dx must not alias dy", op);
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, dx, dweight, dy, x, weight, rstd));
+  if (gpu) return F2_PROFILED("rmsnorm_backward", f2_cuda_rmsnorm_backward(dx, dweight, dy, x, weight, rstd, accumulate));
   int parallel = rows * dim >= PARALLEL_MIN;
   /* dweight first (dx may be dy): each column sums over the rows in row order; spans of 64 columns
    * on threads. */
@@ -190,10 +219,47 @@ int f2_rmsnorm_backward(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, 
     double mean = dot / (double)dim;
     for (int64_t d = 0; d < dim; d++) {
       double xhat = ld(x, r * dim + d) * rs, g = (double)ld(dy, r * dim + d) * ld(weight, d);
-      st(dx, r * dim + d, (float)(rs * (g - xhat * mean)));
+      float v = (float)(rs * (g - xhat * mean));
+      st(dx, r * dim + d, accumulate ? ld(dx, r * dim + d) + v : v);
     }
   }
   return F2_OK;
+}
+
+int f2_rmsnorm_backward(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, const f2_tensor *x,
+                        const f2_tensor *weight, const f2_tensor *rstd) {
+  return rmsnorm_backward("f2_rmsnorm_backward", dx, dweight, dy, x, weight, rstd, 0);
+}
+
+int f2_rmsnorm_backward_add(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, const f2_tensor *x,
+                            const f2_tensor *weight, const f2_tensor *rstd) {
+  return rmsnorm_backward("f2_rmsnorm_backward_add", dx, dweight, dy, x, weight, rstd, 1);
+}
+
+/* sum = a + b (rounded to sum's dtype), then the forward above on sum. */
+int f2_rmsnorm_residual_forward(f2_tensor *sum, f2_tensor *out, f2_tensor *rstd, const f2_tensor *a,
+                                const f2_tensor *b, const f2_tensor *weight, float eps) {
+  const char *op = "f2_rmsnorm_residual_forward";
+  int64_t rows = 0, dim = 0;
+  F2_TRY(rmsnorm_args(op, a, weight, &rows, &dim));
+  F2_TRY(arg(op, "b", b, FLOAT));
+  F2_TRY(shape_is(op, "b", b, a->ndim, a->shape));
+  F2_TRY(arg(op, "sum", sum, FLOAT));
+  F2_TRY(shape_is(op, "sum", sum, a->ndim, a->shape));
+  F2_TRY(arg(op, "out", out, FLOAT));
+  F2_TRY(rows_cols(op, "out", out, rows, dim));
+  if (rstd) {
+    F2_TRY(arg(op, "rstd", rstd, F32_ONLY));
+    F2_TRY(shape_is(op, "rstd", rstd, 1, &rows));
+  }
+  if (!(eps >= 0)) return F2_FAIL(F2_ERR_ARG, "%s: eps = %g must be >= 0", op, (double)eps);
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, sum, out, rstd, a, b, weight));
+  if (gpu) return F2_PROFILED("rmsnorm", f2_cuda_rmsnorm_residual_forward(sum, out, rstd, a, b, weight, eps));
+  int64_t n = rows * dim;
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+  for (int64_t i = 0; i < n; i++) st(sum, i, ld(a, i) + ld(b, i));
+  return f2_rmsnorm_forward(out, rstd, sum, weight, eps);
 }
 
 /* ---------------------------------------------------------------- RoPE, HF rotate-half convention
@@ -211,6 +277,9 @@ int f2_rope_tables(f2_tensor *cos_table, f2_tensor *sin_table, const f2_tensor *
   int64_t half = inv_freq->shape[0], positions = cos_table->shape[0], shape[2] = {positions, half};
   F2_TRY(shape_is(op, "cos", cos_table, 2, shape));
   F2_TRY(shape_is(op, "sin", sin_table, 2, shape));
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, cos_table, sin_table, inv_freq));
+  if (gpu) return F2_PROFILED("rope", f2_cuda_rope_tables(cos_table, sin_table, inv_freq));
   for (int64_t t = 0; t < positions; t++)
     for (int64_t i = 0; i < half; i++) {
       /* The angle rounded to fp32 as HF computes it (position and inv_freq as floats). */
@@ -237,6 +306,9 @@ static int rope(const char *op, f2_tensor *out, const f2_tensor *x, const f2_ten
                    shape_str(cos_table, got, sizeof got), (long long)seq, (long long)half);
   }
   F2_TRY(shape_is(op, "sin", sin_table, 2, cos_table->shape));
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, out, x, cos_table, sin_table));
+  if (gpu) return F2_PROFILED("rope", f2_cuda_rope(out, x, cos_table, sin_table, sign));
 #pragma omp parallel for schedule(static) if (batch * seq * heads * hd >= PARALLEL_MIN)
   for (int64_t bt = 0; bt < batch * seq; bt++)   /* rows (b, t) on threads */
     for (int64_t h = 0; h < heads; h++) {
@@ -326,6 +398,9 @@ int f2_attention_forward(f2_tensor *out, f2_tensor *lse, const f2_tensor *q, con
   F2_TRY(attention_args(op, q, k, v, out, lse));
   int64_t batch = q->shape[0], seq = q->shape[1], heads = q->shape[2], hd = q->shape[3], kvh = k->shape[2];
   int64_t group = heads / kvh, qld = heads * hd, kld = kvh * hd;
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, out, lse, q, k, v));
+  if (gpu) return F2_PROFILED("attention", f2_cuda_attention_forward(out, lse, q, k, v, scale));
   if (batch * heads * seq == 0) return F2_OK;
   /* Per thread: the block's scores/probabilities [ATTN_BLOCK, seq], its out [ATTN_BLOCK, hd]. */
   int threads, failed = 0;
@@ -381,12 +456,16 @@ int f2_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tensor *dv, const f2_
   F2_TRY(attention_args(op, q, k, v, out, lse));
   F2_TRY(arg(op, "dout", dout, FLOAT));
   F2_TRY(shape_is(op, "dout", dout, 4, q->shape));
-  F2_TRY(arg(op, "dq", dq, F32_ONLY));
+  int grad_kind = q->device == F2_CUDA ? FLOAT : F32_ONLY;   /* bf16 gradients on a GPU */
+  F2_TRY(arg(op, "dq", dq, grad_kind));
   F2_TRY(shape_is(op, "dq", dq, 4, q->shape));
-  F2_TRY(arg(op, "dk", dk, F32_ONLY));
+  F2_TRY(arg(op, "dk", dk, grad_kind));
   F2_TRY(shape_is(op, "dk", dk, 4, k->shape));
-  F2_TRY(arg(op, "dv", dv, F32_ONLY));
+  F2_TRY(arg(op, "dv", dv, grad_kind));
   F2_TRY(shape_is(op, "dv", dv, 4, v->shape));
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, dq, dk, dv, dout, q, k, v, out, lse));
+  if (gpu) return F2_PROFILED("attention_backward", f2_cuda_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scale));
   int64_t batch = q->shape[0], seq = q->shape[1], heads = q->shape[2], hd = q->shape[3], kvh = k->shape[2];
   int64_t group = heads / kvh, qld = heads * hd, kld = kvh * hd;
   memset(dq->data, 0, f2_tensor_nbytes(dq));
@@ -452,6 +531,9 @@ int f2_swiglu_forward(f2_tensor *out, const f2_tensor *gate, const f2_tensor *up
   F2_TRY(swiglu_args(op, gate, up));
   F2_TRY(arg(op, "out", out, FLOAT));
   F2_TRY(shape_is(op, "out", out, gate->ndim, gate->shape));
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, out, gate, up));
+  if (gpu) return F2_PROFILED("swiglu", f2_cuda_swiglu_forward(out, gate, up));
   int64_t n = f2_tensor_numel(gate);
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
   for (int64_t i = 0; i < n; i++) {
@@ -472,6 +554,9 @@ int f2_swiglu_backward(f2_tensor *dgate, f2_tensor *dup, const f2_tensor *dout, 
   F2_TRY(shape_is(op, "dgate", dgate, gate->ndim, gate->shape));
   F2_TRY(arg(op, "dup", dup, FLOAT));
   F2_TRY(shape_is(op, "dup", dup, gate->ndim, gate->shape));
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, dgate, dup, dout, gate, up));
+  if (gpu) return F2_PROFILED("swiglu_backward", f2_cuda_swiglu_backward(dgate, dup, dout, gate, up));
   int64_t n = f2_tensor_numel(gate);
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
   for (int64_t i = 0; i < n; i++) {
@@ -496,6 +581,7 @@ static int ce_args(const char *op, const f2_tensor *logits, const f2_tensor *tar
   *rows = f2_tensor_numel(targets);
   F2_TRY(rows_cols(op, "logits", logits, *rows, *vocab));
   *counted = 0;
+  if (targets->device == F2_CUDA) return F2_OK;   /* counted on the GPU */
   for (int64_t r = 0; r < *rows; r++) {
     int32_t t = I32(targets)[r];
     if (t == ignore_index) continue;
@@ -526,7 +612,7 @@ static double row_lse(const f2_tensor *logits, int64_t base, int64_t vocab) {
 int f2_cross_entropy_forward(f2_tensor *loss, f2_tensor *losses, const f2_tensor *logits, const f2_tensor *targets,
                              int32_t ignore_index) {
   const char *op = "f2_cross_entropy_forward";
-  int64_t rows, vocab, counted;
+  int64_t rows = 0, vocab = 0, counted = 0;
   F2_TRY(ce_args(op, logits, targets, ignore_index, &rows, &vocab, &counted));
   F2_TRY(arg(op, "loss", loss, F32_ONLY));
   if (f2_tensor_numel(loss) != 1) return F2_FAIL(F2_ERR_ARG, "%s: loss must have one element", op);
@@ -534,6 +620,9 @@ int f2_cross_entropy_forward(f2_tensor *loss, f2_tensor *losses, const f2_tensor
     F2_TRY(arg(op, "losses", losses, F32_ONLY));
     F2_TRY(shape_is(op, "losses", losses, 1, &rows));
   }
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, loss, losses, logits, targets));
+  if (gpu) return F2_PROFILED("cross_entropy", f2_cuda_cross_entropy_forward(loss, losses, logits, targets, ignore_index));
   /* Rows on threads into row_loss, then the mean summed in row order (the same bits on any thread count). */
   double *row_loss = malloc((size_t)(rows > 0 ? rows : 1) * sizeof(double));
   if (!row_loss) return F2_FAIL(F2_ERR_MEM, "%s: out of host memory for %lld row losses", op, (long long)rows);
@@ -556,10 +645,13 @@ int f2_cross_entropy_forward(f2_tensor *loss, f2_tensor *losses, const f2_tensor
 int f2_cross_entropy_backward(f2_tensor *dlogits, const f2_tensor *logits, const f2_tensor *targets,
                               int32_t ignore_index, float dloss) {
   const char *op = "f2_cross_entropy_backward";
-  int64_t rows, vocab, counted;
+  int64_t rows = 0, vocab = 0, counted = 0;
   F2_TRY(ce_args(op, logits, targets, ignore_index, &rows, &vocab, &counted));
   F2_TRY(arg(op, "dlogits", dlogits, FLOAT));
   F2_TRY(rows_cols(op, "dlogits", dlogits, rows, vocab));
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, dlogits, logits, targets));
+  if (gpu) return F2_PROFILED("cross_entropy", f2_cuda_cross_entropy_backward(dlogits, logits, targets, ignore_index, dloss));
   double g = counted ? (double)dloss / (double)counted : 0;
   /* Rows on threads. Each row takes one exp per logit: exp(x - max) kept in a per-thread row of
    * scratch, then scaled by 1 / sum. */
@@ -616,6 +708,9 @@ int f2_attention_decode(f2_tensor *out, const f2_tensor *q, const f2_tensor *k_c
   if (n_past < 0 || n_past + seq > max_len)
     return F2_FAIL(F2_ERR_ARG, "%s: n_past %lld + %lld new positions do not fit the cache of %lld", op,
                    (long long)n_past, (long long)seq, (long long)max_len);
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, out, q, k_cache, v_cache));
+  if (gpu) return F2_PROFILED("attention_decode", f2_cuda_attention_decode(out, q, k_cache, v_cache, n_past, scale));
   if (batch * heads * seq == 0) return F2_OK;
   int64_t group = heads / kvh, qld = heads * hd, kld = kvh * hd, block = seq < ATTN_BLOCK ? seq : ATTN_BLOCK;
   /* Per thread: a block's scores/probabilities [block, n_past + seq] and its out [block, hd]. */

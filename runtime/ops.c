@@ -82,7 +82,7 @@ int f2_copy(f2_tensor *dst, const f2_tensor *src) {
   F2_TRY(f2_check_same_shape("copy", dst, src));
   if (f2_tensor_numel(dst) == 0) return F2_OK;
   if (dst->device == F2_CPU && src->device == F2_CPU) return f2_cpu_copy(dst, src);
-  if (dst->device == F2_CUDA && src->device == F2_CUDA) return f2_cuda_copy(dst, src);
+  if (dst->device == F2_CUDA && src->device == F2_CUDA) return F2_PROFILED("copy", f2_cuda_copy(dst, src));
   return copy_across(dst, src);
 }
 
@@ -101,7 +101,7 @@ f2_tensor *f2_tensor_contiguous(const f2_tensor *t) {
 
 int f2_fill(f2_tensor *t, double value) {
   F2_TRY(check_not_null("fill", "tensor", t));
-  return t->device == F2_CUDA ? f2_cuda_fill(t, value) : f2_cpu_fill(t, value);
+  return t->device == F2_CUDA ? F2_PROFILED("fill", f2_cuda_fill(t, value)) : f2_cpu_fill(t, value);
 }
 
 int f2_arange(f2_tensor *t, double start, double step) {
@@ -141,21 +141,21 @@ int f2_binary(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t op
   F2_TRY(check_operand("binary", "a", out, a));
   F2_TRY(check_operand("binary", "b", out, b));
   if (op < F2_OP_ADD || op > F2_OP_POW) return F2_FAIL(F2_ERR_ARG, "binary: unknown op %d", (int)op);
-  return out->device == F2_CUDA ? f2_cuda_binary(out, a, b, op) : f2_cpu_binary(out, a, b, 0, op);
+  return out->device == F2_CUDA ? F2_PROFILED("elementwise", f2_cuda_binary(out, a, b, op)) : f2_cpu_binary(out, a, b, 0, op);
 }
 
 int f2_binary_scalar(f2_tensor *out, const f2_tensor *a, double s, int32_t op) {
   F2_TRY(check_not_null("binary_scalar", "out", out));
   F2_TRY(check_operand("binary_scalar", "a", out, a));
   if (op < F2_OP_ADD || op > F2_OP_POW) return F2_FAIL(F2_ERR_ARG, "binary_scalar: unknown op %d", (int)op);
-  return out->device == F2_CUDA ? f2_cuda_binary_scalar(out, a, s, op) : f2_cpu_binary(out, a, NULL, s, op);
+  return out->device == F2_CUDA ? F2_PROFILED("elementwise", f2_cuda_binary_scalar(out, a, s, op)) : f2_cpu_binary(out, a, NULL, s, op);
 }
 
 int f2_unary(f2_tensor *out, const f2_tensor *a, int32_t op) {
   F2_TRY(check_not_null("unary", "out", out));
   F2_TRY(check_operand("unary", "a", out, a));
   if (op < F2_OP_NEG || op > F2_OP_SIGN) return F2_FAIL(F2_ERR_ARG, "unary: unknown op %d", (int)op);
-  return out->device == F2_CUDA ? f2_cuda_unary(out, a, op) : f2_cpu_unary(out, a, op);
+  return out->device == F2_CUDA ? F2_PROFILED("elementwise", f2_cuda_unary(out, a, op)) : f2_cpu_unary(out, a, op);
 }
 
 /* ---------------------------------------------------------------- reduce */
@@ -197,7 +197,7 @@ int f2_reduce(f2_tensor *out, const f2_tensor *x, int32_t dim, int32_t op) {
   int64_t count = dim == -1 ? f2_tensor_numel(x) : x->shape[dim];
   if (count == 0 && (op == F2_RED_MAX || op == F2_RED_MIN) && f2_tensor_numel(out) > 0)
     return F2_FAIL(F2_ERR_ARG, "reduce: %s over no elements", op == F2_RED_MAX ? "max" : "min");
-  return out->device == F2_CUDA ? f2_cuda_reduce(out, x, dim, op) : f2_cpu_reduce(out, x, dim, op);
+  return out->device == F2_CUDA ? F2_PROFILED("reduce", f2_cuda_reduce(out, x, dim, op)) : f2_cpu_reduce(out, x, dim, op);
 }
 
 /* ---------------------------------------------------------------- matmul */
@@ -231,6 +231,6 @@ int f2_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t tr
     return F2_FAIL(F2_ERR_ARG, "matmul: shapes do not match: out %s = a%s %s @ b%s %s", so, trans_a ? "^T" : "", sa,
                    trans_b ? "^T" : "", sb);
   }
-  return out->device == F2_CUDA ? f2_cuda_matmul(out, a, b, trans_a, trans_b, alpha, beta)
+  return out->device == F2_CUDA ? F2_PROFILED("matmul", f2_cuda_matmul(out, a, b, trans_a, trans_b, alpha, beta))
                                 : f2_cpu_matmul(out, a, b, trans_a, trans_b, alpha, beta);
 }

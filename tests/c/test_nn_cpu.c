@@ -314,10 +314,10 @@ static void test_attention(int64_t H, int64_t Hkv) {
   if (H != Hkv)
     CHECK(f2_attention_forward(out, lse, q, k, dq, 1.0f) == F2_ERR_ARG && strstr(f2_last_error(), "v has shape"),
           "v shape checked: %s", f2_last_error());
-  /* A CUDA tensor is refused as not supported yet (a CPU tensor relabelled, never dereferenced). */
+  /* Tensors on two devices are refused before anything runs (a CPU tensor relabelled, never dereferenced). */
   q->device = F2_CUDA;
-  CHECK(f2_attention_forward(out, lse, q, k, v, 1.0f) == F2_ERR_UNSUPPORTED && strstr(f2_last_error(), "CUDA"),
-        "CUDA refused for now: %s", f2_last_error());
+  CHECK(f2_attention_forward(out, lse, q, k, v, 1.0f) == F2_ERR_ARG && strstr(f2_last_error(), "different devices"),
+        "mixed devices refused: %s", f2_last_error());
   q->device = F2_CPU;
   /* Non-contiguous: k viewed with T and Hkv swapped back and forth (a same-shape, transposed view). */
   f2_tensor *kt = f2_tensor_transpose(k, 1, 2), *kt_copy = new_f32(4, kt->shape), *ktt;
