@@ -1,0 +1,783 @@
+/* nn.cu — the row and elementwise model ops on CUDA: embedding (backward deterministic: ids radix-sorted,
+ * each id's rows summed in token order), RMSNorm (+ residual add, + accumulating backward), RoPE, SwiGLU,
+ * cross-entropy. CPU references in runtime/nn_cpu.c. Tensors f32 or bf16 each (contiguous; the dispatch
+ * checked them); fp32 math, except RMSNorm's row sums and gradient, in fp64 as the reference (free: these
+ * kernels are memory-bound). No float atomics: every sum has an order fixed by the shape. All work is
+ * queued on f2_cuda_stream() without waiting for the GPU; scratch comes from f2_cuda_alloc. */
+#include "f2_cuda.cuh"
+
+#include <cub/device/device_radix_sort.cuh>
+#include <math.h>
+
+namespace {
+
+/* ---------------------------------------------------------------- loads and stores of V elements
+ * V = 4 moves 16 bytes (f32) or 8 bytes (bf16) per access; callers pick V = 4 only when every pointer
+ * is aligned for it and the element index is a multiple of 4. bf16 says the tensor is bf16, else f32;
+ * it is uniform over a launch, so the branch costs no divergence. */
+template <int V>
+__device__ __forceinline__ void load_v(const void *p, int bf16, int64_t i, float (&v)[V]) {
+  if constexpr (V == 4) {
+    if (bf16) {
+      uint2 u = *(const uint2 *)((const uint16_t *)p + i);
+      v[0] = f2_dev_bf16_to_f32((uint16_t)(u.x & 0xffffu));
+      v[1] = f2_dev_bf16_to_f32((uint16_t)(u.x >> 16));
+      v[2] = f2_dev_bf16_to_f32((uint16_t)(u.y & 0xffffu));
+      v[3] = f2_dev_bf16_to_f32((uint16_t)(u.y >> 16));
+    } else {
+      float4 f = *(const float4 *)((const float *)p + i);
+      v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; k++)
+      v[k] = bf16 ? f2_dev_bf16_to_f32(((const uint16_t *)p)[i + k]) : ((const float *)p)[i + k];
+  }
+}
+
+template <int V>
+__device__ __forceinline__ void store_v(void *p, int bf16, int64_t i, const float (&v)[V]) {
+  if constexpr (V == 4) {
+    if (bf16) {
+      uint2 u;
+      u.x = (uint32_t)f2_dev_f32_to_bf16(v[0]) | (uint32_t)f2_dev_f32_to_bf16(v[1]) << 16;
+      u.y = (uint32_t)f2_dev_f32_to_bf16(v[2]) | (uint32_t)f2_dev_f32_to_bf16(v[3]) << 16;
+      *(uint2 *)((uint16_t *)p + i) = u;
+    } else {
+      *(float4 *)((float *)p + i) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+      if (bf16) ((uint16_t *)p)[i + k] = f2_dev_f32_to_bf16(v[k]);
+      else ((float *)p)[i + k] = v[k];
+    }
+  }
+}
+
+__device__ __forceinline__ float load1(const void *p, int bf16, int64_t i) {
+  return bf16 ? f2_dev_bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+/* v rounded to the storage dtype and back (what a store then a load would give). */
+__device__ __forceinline__ float round_to(int bf16, float v) {
+  return bf16 ? f2_dev_bf16_to_f32(f2_dev_f32_to_bf16(v)) : v;
+}
+
+int is_bf16(const f2_tensor *t) { return t->dtype == F2_BF16; }
+
+/* 4-wide access is safe for t when its data is aligned to 4 elements (views can start anywhere). */
+bool aligned4(const f2_tensor *t) {
+  return !t || ((uintptr_t)t->data % (4 * f2_dtype_size(t->dtype))) == 0;
+}
+
+/* Lanes per row for the row kernels: enough that each lane handles about 4 vectors, 4 to 32 (a warp). */
+int lanes_per_row(int64_t vectors) {
+  int g = 4;
+  while (g < 32 && (int64_t)g * 4 < vectors) g *= 2;
+  return g;
+}
+
+/* Sum over the G lanes of a row group (xor butterfly: every lane gets the sum; fixed order). */
+template <int G, typename T>
+__device__ __forceinline__ T group_sum(T v) {
+#pragma unroll
+  for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+unsigned grid_for(int64_t items, int per_block) {
+  int64_t b = (items + per_block - 1) / per_block;
+  return (unsigned)(b < 1 ? 1 : b > 65535 * 16 ? 65535 * 16 : b);
+}
+
+/* ---------------------------------------------------------------- embedding */
+
+/* One warp per token row; an id outside [0, vocab) gives a zero row. */
+template <int V>
+__global__ void embedding_forward_kernel(void *out, int out_bf, const void *weight, int w_bf, const int32_t *ids,
+                                         int64_t n, int64_t vocab, int64_t dim) {
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  for (int64_t r = (int64_t)blockIdx.x * warps + (threadIdx.x >> 5); r < n; r += (int64_t)gridDim.x * warps) {
+    int64_t id = ids[r];
+    bool valid = id >= 0 && id < vocab;
+    for (int64_t c = (int64_t)lane * V; c < dim; c += 32 * V) {
+      float v[V];
+      if (valid) load_v<V>(weight, w_bf, id * dim + c, v);
+      else
+#pragma unroll
+        for (int k = 0; k < V; k++) v[k] = 0.0f;
+      store_v<V>(out, out_bf, r * dim + c, v);
+    }
+  }
+}
+
+/* Sort keys: the id, or vocab (sorted last, skipped) when outside [0, vocab); values: token index. */
+__global__ void embedding_keys_kernel(int32_t *keys, int32_t *tokens, const int32_t *ids, int64_t n, int64_t vocab) {
+  F2_GRID_STRIDE(i, n) {
+    int32_t id = ids[i];
+    keys[i] = id >= 0 && id < vocab ? id : (int32_t)vocab;
+    tokens[i] = (int32_t)i;
+  }
+}
+
+/* Warp (p, chunk): when sorted position p starts a run of one id, adds that id's dout rows, in token
+ * order (the radix sort is stable), into dweight's columns [chunk * 32V, (chunk + 1) * 32V): the same
+ * fp32 additions in the same order as the CPU reference, so the same bits. A run is serial: up to kAhead
+ * rows are loaded before they are added, so an id repeated k times costs about k / kAhead memory round
+ * trips (~50 us for 1000 repeats; padding a batch by half would cost ~0.4 ms). */
+constexpr int kAhead = 16;
+template <int V>
+__global__ void embedding_backward_kernel(float *dweight, const void *dout, int dout_bf, const int32_t *keys,
+                                          const int32_t *tokens, int64_t n, int64_t vocab, int64_t dim,
+                                          int64_t chunks) {
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  int64_t item = (int64_t)blockIdx.x * warps + (threadIdx.x >> 5);
+  if (item >= n * chunks) return;
+  int64_t p = item / chunks, c = (item % chunks) * 32 * V + (int64_t)lane * V;
+  int32_t id = keys[p];
+  if (id >= vocab || (p > 0 && keys[p - 1] == id)) return;   /* whole warp: uniform */
+  bool active = c < dim;
+  float acc[V];
+  float *row = dweight + (int64_t)id * dim + c;
+  if (active)
+#pragma unroll
+    for (int k = 0; k < V; k++) acc[k] = row[k];
+  /* The sorted entries 32 at a time; the run goes on for cnt of them. The next 32 are loaded while
+   * these are added. */
+  int32_t key = p + lane < n ? keys[p + lane] : -1, token = p + lane < n ? tokens[p + lane] : 0;
+  for (int64_t q = p;; q += 32) {
+    unsigned same = __ballot_sync(0xffffffffu, key == id);
+    int cnt = ~same ? __ffs(~same) - 1 : 32;
+    int32_t next_key = -1, next_token = 0;
+    if (cnt == 32 && q + 32 + lane < n) next_key = keys[q + 32 + lane], next_token = tokens[q + 32 + lane];
+    for (int j = 0; j < cnt; j += kAhead) {
+      float v[kAhead][V];
+#pragma unroll
+      for (int u = 0; u < kAhead; u++) {
+        int64_t t = __shfl_sync(0xffffffffu, token, (j + u) & 31);
+        if (active && j + u < cnt) load_v<V>(dout, dout_bf, t * dim + c, v[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kAhead; u++)
+        if (active && j + u < cnt)
+#pragma unroll
+          for (int k = 0; k < V; k++) acc[k] += v[u][k];
+    }
+    if (cnt < 32) break;
+    key = next_key, token = next_token;
+  }
+  if (active)
+#pragma unroll
+    for (int k = 0; k < V; k++) row[k] = acc[k];
+}
+
+/* ---------------------------------------------------------------- RMSNorm
+ * G lanes per row (a warp holds 32 / G rows), V elements per access. Loops run over row bases that are
+ * uniform across the block, so every lane reaches the shuffles. */
+
+/* out = w * (x * rstd), rstd = (mean x^2 + eps)^-1/2; with b, x = sum = a + b rounded to sum's dtype
+ * first (sum may be a or b: each lane reads an element before it writes it). */
+template <int G, int V>
+__global__ void rmsnorm_forward_kernel(void *out, int out_bf, float *rstd, void *sum, int sum_bf, const void *a,
+                                       int a_bf, const void *b, int b_bf, const void *weight, int w_bf,
+                                       int64_t rows, int64_t dim, float eps) {
+  const int lane = threadIdx.x % G, per_block = blockDim.x / G;
+  for (int64_t base = (int64_t)blockIdx.x * per_block; base < rows; base += (int64_t)gridDim.x * per_block) {
+    int64_t r = base + threadIdx.x / G;
+    bool valid = r < rows;
+    double ss = 0;
+    if (valid) {
+      for (int64_t c = (int64_t)lane * V; c < dim; c += G * V) {
+        float x[V];
+        load_v<V>(a, a_bf, r * dim + c, x);
+        if (b) {
+          float y[V];
+          load_v<V>(b, b_bf, r * dim + c, y);
+#pragma unroll
+          for (int k = 0; k < V; k++) x[k] = round_to(sum_bf, x[k] + y[k]);
+          store_v<V>(sum, sum_bf, r * dim + c, x);
+        }
+#pragma unroll
+        for (int k = 0; k < V; k++) ss += (double)x[k] * x[k];
+      }
+    }
+    ss = group_sum<G>(ss);
+    if (!valid) continue;
+    float rs = (float)(1.0 / sqrt(ss / (double)dim + (double)eps));
+    const void *x_src = b ? sum : a;
+    int x_bf = b ? sum_bf : a_bf;
+    for (int64_t c = (int64_t)lane * V; c < dim; c += G * V) {
+      float x[V], w[V];
+      load_v<V>(x_src, x_bf, r * dim + c, x);
+      load_v<V>(weight, w_bf, c, w);
+#pragma unroll
+      for (int k = 0; k < V; k++) x[k] = w[k] * (x[k] * rs);
+      store_v<V>(out, out_bf, r * dim + c, x);
+    }
+    if (rstd && lane == 0) rstd[r] = rs;
+  }
+}
+
+/* dx = r (g - xhat mean(g xhat)), g = dy w, xhat = x r, in fp64 as the reference; accumulate: dx +=
+ * (rounded in fp32 then to dx's dtype). dx may be dy when not accumulating (same lane, read first).
+ * With partial (dweight wanted): each row group adds the reference's terms (float)(dy xhat) of its rows
+ * into its own shared-memory row of dim floats (a lane owns its columns: no races), and the block
+ * writes the sum of its groups, in group order, to partial[block, dim]. The grid is a function of the
+ * shape only, so the sums have one order. */
+template <int G, int V>
+__global__ void rmsnorm_backward_kernel(void *dx, int dx_bf, float *partial, const void *dy, int dy_bf, const void *x,
+                                        int x_bf, const void *weight, int w_bf, const float *rstd, int64_t rows,
+                                        int64_t dim, int accumulate) {
+  extern __shared__ float column_sums[];   /* [groups, dim] when partial */
+  const int lane = threadIdx.x % G, per_block = blockDim.x / G;
+  float *my_sums = column_sums + (threadIdx.x / G) * dim;
+  if (partial) {
+    for (int64_t i = threadIdx.x; i < per_block * dim; i += blockDim.x) column_sums[i] = 0.0f;
+    __syncthreads();
+  }
+  for (int64_t base = (int64_t)blockIdx.x * per_block; base < rows; base += (int64_t)gridDim.x * per_block) {
+    int64_t r = base + threadIdx.x / G;
+    bool valid = r < rows;
+    double rs = valid ? (double)rstd[r] : 0, dot = 0;
+    if (valid) {
+      for (int64_t c = (int64_t)lane * V; c < dim; c += G * V) {
+        float g[V], xv[V], w[V];
+        load_v<V>(dy, dy_bf, r * dim + c, g);
+        load_v<V>(x, x_bf, r * dim + c, xv);
+        load_v<V>(weight, w_bf, c, w);
+#pragma unroll
+        for (int k = 0; k < V; k++) dot += (double)g[k] * w[k] * xv[k] * rs;
+      }
+    }
+    dot = group_sum<G>(dot);
+    if (!valid) continue;
+    double mean = dot / (double)dim;
+    for (int64_t c = (int64_t)lane * V; c < dim; c += G * V) {
+      float g[V], xv[V], w[V], out[V];
+      load_v<V>(dy, dy_bf, r * dim + c, g);
+      load_v<V>(x, x_bf, r * dim + c, xv);
+      load_v<V>(weight, w_bf, c, w);
+      if (accumulate) load_v<V>(dx, dx_bf, r * dim + c, out);
+#pragma unroll
+      for (int k = 0; k < V; k++) {
+        double xhat = xv[k] * rs, gk = (double)g[k] * w[k];
+        float v = (float)(rs * (gk - xhat * mean));
+        out[k] = accumulate ? out[k] + v : v;
+        if (partial) my_sums[c + k] += (float)(g[k] * xhat);
+      }
+      store_v<V>(dx, dx_bf, r * dim + c, out);
+    }
+  }
+  if (partial) {
+    __syncthreads();
+    for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
+      float total = 0.0f;
+      for (int grp = 0; grp < per_block; grp++) total += column_sums[grp * dim + d];
+      partial[blockIdx.x * dim + d] = total;
+    }
+  }
+}
+
+/* dweight[d] += the sum over blocks of partial[block, d]: a block of 32 columns x 32 strides of blocks
+ * (coalesced reads), then the 32 strides added in order (fp64). */
+__global__ void rmsnorm_dweight_kernel(float *dweight, const float *partial, int64_t blocks, int64_t dim) {
+  __shared__ double sums[32][33];
+  int64_t d = (int64_t)blockIdx.x * 32 + threadIdx.x;
+  double acc = 0;
+  if (d < dim)
+#pragma unroll 8
+    for (int64_t b = threadIdx.y; b < blocks; b += 32) acc += partial[b * dim + d];
+  sums[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && d < dim) {
+    double total = 0;
+    for (int k = 0; k < 32; k++) total += sums[k][threadIdx.x];
+    dweight[d] = (float)(dweight[d] + total);
+  }
+}
+
+/* ---------------------------------------------------------------- RoPE */
+
+/* cos/sin[t, i] of the fp32 angle t * inv_freq[i], evaluated in fp64 as the reference. */
+__global__ void rope_tables_kernel(float *cos_table, float *sin_table, const float *inv_freq, int64_t positions,
+                                   int64_t half) {
+  F2_GRID_STRIDE(i, positions * half) {
+    float angle = (float)(i / half) * inv_freq[i % half];
+    cos_table[i] = (float)cos((double)angle);
+    sin_table[i] = (float)sin((double)angle);
+  }
+}
+
+/* A thread per V pairs (i, i + half) of one head row: both halves read before either is written (out may
+ * be x). Rows are (b, t, h); position t = row / heads % seq. */
+template <int V>
+__global__ void rope_kernel(void *out, int out_bf, const void *x, int x_bf, const float *cos_table,
+                            const float *sin_table, int64_t rows, int64_t seq, int64_t heads, int64_t half,
+                            float sign) {
+  const int64_t per_row = half / V, n = rows * per_row;
+  F2_GRID_STRIDE(i, n) {
+    int64_t row, j, t;
+    if (n <= 0xffffffffll) {   /* 32-bit division when it fits (64-bit is emulated, several times slower) */
+      uint32_t r = (uint32_t)i / (uint32_t)per_row;
+      row = r, j = ((uint32_t)i - r * (uint32_t)per_row) * V, t = r / (uint32_t)heads % (uint32_t)seq;
+    } else {
+      row = i / per_row, j = (i % per_row) * V, t = row / heads % seq;
+    }
+    int64_t base = row * 2 * half + j;
+    float x1[V], x2[V], c[V], s[V];
+    load_v<V>(x, x_bf, base, x1);
+    load_v<V>(x, x_bf, base + half, x2);
+    load_v<V>(cos_table, 0, t * half + j, c);
+    load_v<V>(sin_table, 0, t * half + j, s);
+    float o1[V], o2[V];
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+      float sk = sign * s[k];
+      o1[k] = x1[k] * c[k] - x2[k] * sk;
+      o2[k] = x2[k] * c[k] + x1[k] * sk;
+    }
+    store_v<V>(out, out_bf, base, o1);
+    store_v<V>(out, out_bf, base + half, o2);
+  }
+}
+
+/* ---------------------------------------------------------------- SwiGLU: out = silu(gate) * up */
+
+template <int V>
+__global__ void swiglu_forward_kernel(void *out, int out_bf, const void *gate, int g_bf, const void *up, int u_bf,
+                                      int64_t n) {
+  F2_GRID_STRIDE(i, n / V) {
+    float g[V], u[V], o[V];
+    load_v<V>(gate, g_bf, i * V, g);
+    load_v<V>(up, u_bf, i * V, u);
+#pragma unroll
+    for (int k = 0; k < V; k++) o[k] = g[k] / (1.0f + expf(-g[k])) * u[k];
+    store_v<V>(out, out_bf, i * V, o);
+  }
+}
+
+/* dgate and dup may be gate and up: a thread reads its elements before it writes them. */
+template <int V>
+__global__ void swiglu_backward_kernel(void *dgate, int dg_bf, void *dup, int du_bf, const void *dout, int dy_bf,
+                                       const void *gate, int g_bf, const void *up, int u_bf, int64_t n) {
+  F2_GRID_STRIDE(i, n / V) {
+    float g[V], u[V], dy[V], dg[V], du[V];
+    load_v<V>(gate, g_bf, i * V, g);
+    load_v<V>(up, u_bf, i * V, u);
+    load_v<V>(dout, dy_bf, i * V, dy);
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+      float s = 1.0f / (1.0f + expf(-g[k]));
+      dg[k] = dy[k] * u[k] * s * (1.0f + g[k] * (1.0f - s));
+      du[k] = dy[k] * g[k] * s;
+    }
+    store_v<V>(dgate, dg_bf, i * V, dg);
+    store_v<V>(dup, du_bf, i * V, du);
+  }
+}
+
+/* ---------------------------------------------------------------- cross-entropy
+ * A block per row. One pass keeps an online (max, sum of exp(x - max)) per thread; the block merges them
+ * in a fixed tree. NaN logits make the row's loss NaN (as the reference); -inf logits add 0. */
+constexpr int kCeThreads = 512, kReduceThreads = 256;
+
+struct MaxSum {
+  float m, s;
+};
+__device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
+  float m = fmaxf(a.m, b.m);
+  if (m == -INFINITY) return {m, a.s + b.s};
+  return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
+}
+/* Adds V logits: one rescale when their max exceeds the running max. */
+template <int V>
+__device__ __forceinline__ void add_logits(MaxSum &acc, const float (&x)[V]) {
+  float m = acc.m;
+#pragma unroll
+  for (int k = 0; k < V; k++) m = fmaxf(m, x[k]);
+  if (m > acc.m) {
+    acc.s = acc.m == -INFINITY ? 0.0f : acc.s * expf(acc.m - m);
+    acc.m = m;
+  }
+  float shift = m == -INFINITY ? 0.0f : m;
+#pragma unroll
+  for (int k = 0; k < V; k++) acc.s += expf(x[k] - shift);
+}
+
+/* The row's (max, sum) in every thread of the block. */
+template <int V>
+__device__ MaxSum row_max_sum(const void *logits, int bf, int64_t base, int64_t vocab) {
+  __shared__ MaxSum warp_part[kCeThreads / 32];
+  MaxSum acc = {-INFINITY, 0.0f};
+  for (int64_t c = (int64_t)threadIdx.x * V; c < vocab; c += kCeThreads * V) {
+    float x[V];
+    load_v<V>(logits, bf, base + c, x);
+    add_logits<V>(acc, x);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    MaxSum other = {__shfl_xor_sync(0xffffffffu, acc.m, o), __shfl_xor_sync(0xffffffffu, acc.s, o)};
+    acc = merge(acc, other);
+  }
+  if ((threadIdx.x & 31) == 0) warp_part[threadIdx.x >> 5] = acc;
+  __syncthreads();
+  acc = warp_part[0];
+  for (int w = 1; w < kCeThreads / 32; w++) acc = merge(acc, warp_part[w]);
+  __syncthreads();   /* warp_part is reused by the block's next row */
+  return acc;
+}
+
+/* row_loss[r] = lse - logit[target]; 0 when ignored; NaN for a target outside [0, vocab). */
+template <int V>
+__global__ void ce_forward_kernel(float *row_loss, const void *logits, int bf, const int32_t *targets, int64_t rows,
+                                  int64_t vocab, int32_t ignore_index) {
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    int32_t t = targets[r];
+    if (t == ignore_index) {   /* uniform over the block */
+      if (threadIdx.x == 0) row_loss[r] = 0.0f;
+      continue;
+    }
+    MaxSum ms = row_max_sum<V>(logits, bf, r * vocab, vocab);
+    if (threadIdx.x == 0) {
+      float lse = ms.m + logf(ms.s);
+      row_loss[r] = t >= 0 && t < vocab ? lse - load1(logits, bf, r * vocab + t) : NAN;
+    }
+  }
+}
+
+/* loss = sum of the row losses (fp64, fixed tree) / counted rows, 0 when none. One block. */
+__global__ void ce_mean_kernel(float *loss, const float *row_loss, const int32_t *targets, int64_t rows,
+                               int32_t ignore_index) {
+  __shared__ double warp_sum[kReduceThreads / 32];
+  __shared__ long long warp_count[kReduceThreads / 32];
+  double acc = 0;
+  long long count = 0;
+  for (int64_t r = threadIdx.x; r < rows; r += kReduceThreads) {
+    float l = row_loss[r];
+    acc += l;
+    count += targets[r] != ignore_index;
+  }
+  acc = group_sum<32>(acc);
+  count = group_sum<32>(count);
+  if ((threadIdx.x & 31) == 0) warp_sum[threadIdx.x >> 5] = acc, warp_count[threadIdx.x >> 5] = count;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0;
+    long long counted = 0;
+    for (int w = 0; w < kReduceThreads / 32; w++) total += warp_sum[w], counted += warp_count[w];
+    *loss = counted ? (float)(total / (double)counted) : 0.0f;
+  }
+}
+
+/* Rows whose target is not ignore_index, into *count (one block, before the backward's rows). */
+__global__ void ce_count_kernel(int64_t *count, const int32_t *targets, int64_t rows, int32_t ignore_index) {
+  __shared__ long long warp_count[kReduceThreads / 32];
+  long long c = 0;
+  for (int64_t r = threadIdx.x; r < rows; r += kReduceThreads) c += targets[r] != ignore_index;
+  c = group_sum<32>(c);
+  if ((threadIdx.x & 31) == 0) warp_count[threadIdx.x >> 5] = c;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    long long total = 0;
+    for (int w = 0; w < kReduceThreads / 32; w++) total += warp_count[w];
+    *count = total;
+  }
+}
+
+/* dlogits = g softmax(row) - g onehot(target), g = dloss / counted; zeros on ignored rows (and all rows
+ * when none is counted); NaN on a row whose target is outside [0, vocab). */
+template <int V>
+__global__ void ce_backward_kernel(void *dlogits, int d_bf, const void *logits, int bf, const int32_t *targets,
+                                   const int64_t *count, int64_t rows, int64_t vocab, int32_t ignore_index,
+                                   float dloss) {
+  const int64_t counted = *count;
+  const float g = counted ? (float)((double)dloss / (double)counted) : 0.0f;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    int32_t t = targets[r];
+    int64_t base = r * vocab;
+    if (t == ignore_index || (t >= 0 && t < vocab)) {
+      bool ignored = t == ignore_index;
+      MaxSum ms = {0.0f, 1.0f};
+      if (!ignored) ms = row_max_sum<V>(logits, bf, base, vocab);
+      float scale = ignored ? 0.0f : g / ms.s, shift = ms.m == -INFINITY ? 0.0f : ms.m;
+      for (int64_t c = (int64_t)threadIdx.x * V; c < vocab; c += kCeThreads * V) {
+        float x[V];
+        load_v<V>(logits, bf, base + c, x);
+#pragma unroll
+        for (int k = 0; k < V; k++) x[k] = ignored ? 0.0f : scale * expf(x[k] - shift) - (c + k == t ? g : 0.0f);
+        store_v<V>(dlogits, d_bf, base + c, x);
+      }
+    } else {
+      for (int64_t c = (int64_t)threadIdx.x * V; c < vocab; c += kCeThreads * V) {
+        float x[V];
+#pragma unroll
+        for (int k = 0; k < V; k++) x[k] = NAN;
+        store_v<V>(dlogits, d_bf, base + c, x);
+      }
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- launch helpers */
+
+/* GPU scratch for one op, freed (stream-ordered) when it goes out of scope. */
+struct Scratch {
+  void *p = nullptr;
+  ~Scratch() { f2_cuda_free(p); }
+  int alloc(size_t nbytes) { return f2_cuda_alloc(&p, nbytes ? nbytes : 1); }
+};
+
+}  // namespace
+
+/* ---------------------------------------------------------------- entry points */
+
+extern "C" int f2_cuda_embedding_forward(f2_tensor *out, const f2_tensor *weight, const f2_tensor *ids) {
+  int64_t n = f2_tensor_numel(ids), vocab = weight->shape[0], dim = weight->shape[1];
+  if (n == 0 || dim == 0) return F2_OK;
+  unsigned blocks = grid_for(n, F2_THREADS / 32);
+  if (dim % 4 == 0 && aligned4(out) && aligned4(weight))
+    embedding_forward_kernel<4><<<blocks, F2_THREADS, 0, f2_cuda_stream()>>>(
+        out->data, is_bf16(out), weight->data, is_bf16(weight), (const int32_t *)ids->data, n, vocab, dim);
+  else
+    embedding_forward_kernel<1><<<blocks, F2_THREADS, 0, f2_cuda_stream()>>>(
+        out->data, is_bf16(out), weight->data, is_bf16(weight), (const int32_t *)ids->data, n, vocab, dim);
+  F2_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
+  return F2_OK;
+}
+
+extern "C" int f2_cuda_embedding_backward(f2_tensor *dweight, const f2_tensor *dout, const f2_tensor *ids) {
+  int64_t n = f2_tensor_numel(ids), vocab = dweight->shape[0], dim = dweight->shape[1];
+  if (n == 0 || dim == 0) return F2_OK;
+  if (n > INT32_MAX - 32 || vocab >= INT32_MAX)
+    return F2_FAIL(F2_ERR_UNSUPPORTED, "embedding backward: %lld ids or a vocabulary of %lld is too large for the GPU sort",
+                   (long long)n, (long long)vocab);
+  cudaStream_t stream = f2_cuda_stream();
+  int end_bit = 1;
+  while (end_bit < 31 && ((int64_t)1 << end_bit) <= vocab) end_bit++;   /* keys are 0 .. vocab */
+  /* One scratch block: keys and tokens in and out, then CUB's temporary storage. */
+  size_t temp_bytes = 0, arrays = ((size_t)n * 4 * sizeof(int32_t) + 255) / 256 * 256;
+  F2_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, (const int32_t *)nullptr, (int32_t *)nullptr,
+                                                (const int32_t *)nullptr, (int32_t *)nullptr, (int)n, 0, end_bit,
+                                                stream));
+  Scratch scratch;
+  F2_TRY(scratch.alloc(arrays + temp_bytes));
+  int32_t *keys_in = (int32_t *)scratch.p, *tokens_in = keys_in + n, *keys = tokens_in + n, *tokens = keys + n;
+  embedding_keys_kernel<<<f2_blocks(n, F2_THREADS), F2_THREADS, 0, stream>>>(keys_in, tokens_in,
+                                                                            (const int32_t *)ids->data, n, vocab);
+  F2_CUDA_CHECK_LAUNCH("embedding_keys_kernel");
+  F2_CUDA_CHECK(cub::DeviceRadixSort::SortPairs((char *)scratch.p + arrays, temp_bytes, keys_in, keys, tokens_in,
+                                                tokens, (int)n, 0, end_bit, stream));
+  bool vec = dim % 4 == 0 && aligned4(dweight) && aligned4(dout);
+  int64_t width = vec ? 128 : 32, chunks = (dim + width - 1) / width, warps = F2_THREADS / 32;
+  int64_t blocks = (n * chunks + warps - 1) / warps;
+  if (blocks > INT32_MAX) return F2_FAIL(F2_ERR_UNSUPPORTED, "embedding backward: %lld ids of dim %lld need too many blocks",
+                                         (long long)n, (long long)dim);
+  if (vec)
+    embedding_backward_kernel<4><<<(unsigned)blocks, F2_THREADS, 0, stream>>>(
+        (float *)dweight->data, dout->data, is_bf16(dout), keys, tokens, n, vocab, dim, chunks);
+  else
+    embedding_backward_kernel<1><<<(unsigned)blocks, F2_THREADS, 0, stream>>>(
+        (float *)dweight->data, dout->data, is_bf16(dout), keys, tokens, n, vocab, dim, chunks);
+  F2_CUDA_CHECK_LAUNCH("embedding_backward_kernel");
+  return F2_OK;
+}
+
+namespace {
+template <int G, int V>
+int launch_rmsnorm_forward(f2_tensor *sum, f2_tensor *out, f2_tensor *rstd, const f2_tensor *a, const f2_tensor *b,
+                           const f2_tensor *weight, int64_t rows, int64_t dim, float eps) {
+  rmsnorm_forward_kernel<G, V><<<grid_for(rows, F2_THREADS / G), F2_THREADS, 0, f2_cuda_stream()>>>(
+      out->data, is_bf16(out), rstd ? (float *)rstd->data : nullptr, sum ? sum->data : nullptr, sum && is_bf16(sum),
+      a->data, is_bf16(a), b ? b->data : nullptr, b && is_bf16(b), weight->data, is_bf16(weight), rows, dim, eps);
+  F2_CUDA_CHECK_LAUNCH("rmsnorm_forward_kernel");
+  return F2_OK;
+}
+
+/* The forward with (sum, a, b) or (a = x, no b). */
+int rmsnorm_forward(f2_tensor *sum, f2_tensor *out, f2_tensor *rstd, const f2_tensor *a, const f2_tensor *b,
+                    const f2_tensor *weight, float eps) {
+  int64_t dim = weight->shape[0], rows = f2_tensor_numel(a) / dim;
+  if (rows == 0) return F2_OK;
+  bool vec = dim % 4 == 0 && aligned4(out) && aligned4(a) && aligned4(b) && aligned4(sum) && aligned4(weight);
+#define F2_NN_FWD(G) \
+  return vec ? launch_rmsnorm_forward<G, 4>(sum, out, rstd, a, b, weight, rows, dim, eps) \
+             : launch_rmsnorm_forward<G, 1>(sum, out, rstd, a, b, weight, rows, dim, eps)
+  switch (lanes_per_row(vec ? dim / 4 : dim)) {
+    case 4: F2_NN_FWD(4);
+    case 8: F2_NN_FWD(8);
+    case 16: F2_NN_FWD(16);
+    default: F2_NN_FWD(32);
+  }
+#undef F2_NN_FWD
+}
+
+/* Blocks of the backward when it also sums dweight: at most this many partial rows (fixed, so the
+ * summation order depends on the shape only); enough blocks to fill an H200. */
+constexpr int64_t kNormBlocks = 1024;
+
+template <int G, int V>
+int launch_rmsnorm_backward(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, const f2_tensor *x,
+                            const f2_tensor *weight, const f2_tensor *rstd, int64_t rows, int64_t dim,
+                            int accumulate) {
+  cudaStream_t stream = f2_cuda_stream();
+  if (!dweight) {
+    rmsnorm_backward_kernel<G, V><<<grid_for(rows, F2_THREADS / G), F2_THREADS, 0, stream>>>(
+        dx->data, is_bf16(dx), nullptr, dy->data, is_bf16(dy), x->data, is_bf16(x), weight->data, is_bf16(weight),
+        (const float *)rstd->data, rows, dim, accumulate);
+    F2_CUDA_CHECK_LAUNCH("rmsnorm_backward_kernel");
+    return F2_OK;
+  }
+  /* Fewer row groups per block for long rows, so their column sums fit the default 48 KiB. */
+  const size_t smem_limit = 48 << 10;
+  int threads = F2_THREADS;
+  while (threads > 32 && (size_t)(threads / G) * dim * sizeof(float) > smem_limit) threads /= 2;   /* whole warps */
+  size_t smem = (size_t)(threads / G) * dim * sizeof(float);
+  if (smem > smem_limit)
+    return F2_FAIL(F2_ERR_UNSUPPORTED, "RMSNorm backward on the GPU: dweight of dim %lld (its column sums fit "
+                   "shared memory up to dim %zu)", (long long)dim, smem_limit / sizeof(float));
+  int64_t per_block = threads / G, blocks = (rows + per_block - 1) / per_block;
+  if (blocks > kNormBlocks) blocks = kNormBlocks;
+  Scratch scratch;
+  F2_TRY(scratch.alloc((size_t)(blocks * dim) * sizeof(float)));
+  rmsnorm_backward_kernel<G, V><<<(unsigned)blocks, threads, smem, stream>>>(
+      dx->data, is_bf16(dx), (float *)scratch.p, dy->data, is_bf16(dy), x->data, is_bf16(x), weight->data,
+      is_bf16(weight), (const float *)rstd->data, rows, dim, accumulate);
+  F2_CUDA_CHECK_LAUNCH("rmsnorm_backward_kernel");
+  rmsnorm_dweight_kernel<<<(unsigned)((dim + 31) / 32), dim3(32, 32), 0, stream>>>(
+      (float *)dweight->data, (const float *)scratch.p, blocks, dim);
+  F2_CUDA_CHECK_LAUNCH("rmsnorm_dweight_kernel");
+  return F2_OK;
+}
+}  // namespace
+
+extern "C" int f2_cuda_rmsnorm_forward(f2_tensor *out, f2_tensor *rstd, const f2_tensor *x, const f2_tensor *weight,
+                                       float eps) {
+  return rmsnorm_forward(nullptr, out, rstd, x, nullptr, weight, eps);
+}
+
+extern "C" int f2_cuda_rmsnorm_residual_forward(f2_tensor *sum, f2_tensor *out, f2_tensor *rstd, const f2_tensor *a,
+                                                const f2_tensor *b, const f2_tensor *weight, float eps) {
+  return rmsnorm_forward(sum, out, rstd, a, b, weight, eps);
+}
+
+extern "C" int f2_cuda_rmsnorm_backward(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, const f2_tensor *x,
+                                        const f2_tensor *weight, const f2_tensor *rstd, int accumulate) {
+  int64_t dim = weight->shape[0], rows = f2_tensor_numel(x) / dim;
+  if (rows == 0) return F2_OK;
+  bool vec = dim % 4 == 0 && aligned4(dx) && aligned4(dy) && aligned4(x) && aligned4(weight);
+#define F2_NN_BWD(G) \
+  return vec ? launch_rmsnorm_backward<G, 4>(dx, dweight, dy, x, weight, rstd, rows, dim, accumulate) \
+             : launch_rmsnorm_backward<G, 1>(dx, dweight, dy, x, weight, rstd, rows, dim, accumulate)
+  switch (lanes_per_row(vec ? dim / 4 : dim)) {
+    case 4: F2_NN_BWD(4);
+    case 8: F2_NN_BWD(8);
+    case 16: F2_NN_BWD(16);
+    default: F2_NN_BWD(32);
+  }
+#undef F2_NN_BWD
+}
+
+extern "C" int f2_cuda_rope_tables(f2_tensor *cos_table, f2_tensor *sin_table, const f2_tensor *inv_freq) {
+  int64_t positions = cos_table->shape[0], half = cos_table->shape[1];
+  if (positions * half == 0) return F2_OK;
+  rope_tables_kernel<<<f2_blocks(positions * half, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
+      (float *)cos_table->data, (float *)sin_table->data, (const float *)inv_freq->data, positions, half);
+  F2_CUDA_CHECK_LAUNCH("rope_tables_kernel");
+  return F2_OK;
+}
+
+extern "C" int f2_cuda_rope(f2_tensor *out, const f2_tensor *x, const f2_tensor *cos_table, const f2_tensor *sin_table,
+                            float sign) {
+  int64_t seq = x->shape[1], heads = x->shape[2], half = x->shape[3] / 2, rows = x->shape[0] * seq * heads;
+  if (rows * half == 0) return F2_OK;
+  bool vec = half % 4 == 0 && aligned4(out) && aligned4(x) && aligned4(cos_table) && aligned4(sin_table);
+  if (vec)
+    rope_kernel<4><<<f2_blocks(rows * half / 4, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
+        out->data, is_bf16(out), x->data, is_bf16(x), (const float *)cos_table->data, (const float *)sin_table->data,
+        rows, seq, heads, half, sign);
+  else
+    rope_kernel<1><<<f2_blocks(rows * half, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
+        out->data, is_bf16(out), x->data, is_bf16(x), (const float *)cos_table->data, (const float *)sin_table->data,
+        rows, seq, heads, half, sign);
+  F2_CUDA_CHECK_LAUNCH("rope_kernel");
+  return F2_OK;
+}
+
+extern "C" int f2_cuda_swiglu_forward(f2_tensor *out, const f2_tensor *gate, const f2_tensor *up) {
+  int64_t n = f2_tensor_numel(gate);
+  if (n == 0) return F2_OK;
+  if (n % 4 == 0 && aligned4(out) && aligned4(gate) && aligned4(up))
+    swiglu_forward_kernel<4><<<f2_blocks(n / 4, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
+        out->data, is_bf16(out), gate->data, is_bf16(gate), up->data, is_bf16(up), n);
+  else
+    swiglu_forward_kernel<1><<<f2_blocks(n, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
+        out->data, is_bf16(out), gate->data, is_bf16(gate), up->data, is_bf16(up), n);
+  F2_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
+  return F2_OK;
+}
+
+extern "C" int f2_cuda_swiglu_backward(f2_tensor *dgate, f2_tensor *dup, const f2_tensor *dout, const f2_tensor *gate,
+                                       const f2_tensor *up) {
+  int64_t n = f2_tensor_numel(gate);
+  if (n == 0) return F2_OK;
+  if (n % 4 == 0 && aligned4(dgate) && aligned4(dup) && aligned4(dout) && aligned4(gate) && aligned4(up))
+    swiglu_backward_kernel<4><<<f2_blocks(n / 4, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
+        dgate->data, is_bf16(dgate), dup->data, is_bf16(dup), dout->data, is_bf16(dout), gate->data, is_bf16(gate),
+        up->data, is_bf16(up), n);
+  else
+    swiglu_backward_kernel<1><<<f2_blocks(n, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
+        dgate->data, is_bf16(dgate), dup->data, is_bf16(dup), dout->data, is_bf16(dout), gate->data, is_bf16(gate),
+        up->data, is_bf16(up), n);
+  F2_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
+  return F2_OK;
+}
+
+extern "C" int f2_cuda_cross_entropy_forward(f2_tensor *loss, f2_tensor *losses, const f2_tensor *logits,
+                                             const f2_tensor *targets, int32_t ignore_index) {
+  int64_t rows = f2_tensor_numel(targets), vocab = logits->shape[logits->ndim - 1];
+  cudaStream_t stream = f2_cuda_stream();
+  Scratch scratch;
+  float *row_loss = losses ? (float *)losses->data : nullptr;
+  if (!row_loss) {
+    F2_TRY(scratch.alloc((size_t)rows * sizeof(float)));
+    row_loss = (float *)scratch.p;
+  }
+  const int32_t *t = (const int32_t *)targets->data;
+  if (rows > 0) {
+    unsigned blocks = grid_for(rows, 1);
+    if (vocab % 4 == 0 && aligned4(logits))
+      ce_forward_kernel<4><<<blocks, kCeThreads, 0, stream>>>(row_loss, logits->data, is_bf16(logits), t, rows, vocab,
+                                                              ignore_index);
+    else
+      ce_forward_kernel<1><<<blocks, kCeThreads, 0, stream>>>(row_loss, logits->data, is_bf16(logits), t, rows, vocab,
+                                                              ignore_index);
+    F2_CUDA_CHECK_LAUNCH("ce_forward_kernel");
+  }
+  ce_mean_kernel<<<1, kReduceThreads, 0, stream>>>((float *)loss->data, row_loss, t, rows, ignore_index);
+  F2_CUDA_CHECK_LAUNCH("ce_mean_kernel");
+  return F2_OK;
+}
+
+extern "C" int f2_cuda_cross_entropy_backward(f2_tensor *dlogits, const f2_tensor *logits, const f2_tensor *targets,
+                                              int32_t ignore_index, float dloss) {
+  int64_t rows = f2_tensor_numel(targets), vocab = logits->shape[logits->ndim - 1];
+  if (rows == 0) return F2_OK;
+  cudaStream_t stream = f2_cuda_stream();
+  Scratch scratch;
+  F2_TRY(scratch.alloc(sizeof(int64_t)));
+  const int32_t *t = (const int32_t *)targets->data;
+  ce_count_kernel<<<1, kReduceThreads, 0, stream>>>((int64_t *)scratch.p, t, rows, ignore_index);
+  F2_CUDA_CHECK_LAUNCH("ce_count_kernel");
+  unsigned blocks = grid_for(rows, 1);
+  if (vocab % 4 == 0 && aligned4(logits) && aligned4(dlogits))
+    ce_backward_kernel<4><<<blocks, kCeThreads, 0, stream>>>(dlogits->data, is_bf16(dlogits), logits->data,
+                                                             is_bf16(logits), t, (const int64_t *)scratch.p, rows,
+                                                             vocab, ignore_index, dloss);
+  else
+    ce_backward_kernel<1><<<blocks, kCeThreads, 0, stream>>>(dlogits->data, is_bf16(dlogits), logits->data,
+                                                             is_bf16(logits), t, (const int64_t *)scratch.p, rows,
+                                                             vocab, ignore_index, dloss);
+  F2_CUDA_CHECK_LAUNCH("ce_backward_kernel");
+  return F2_OK;
+}
