@@ -26,7 +26,10 @@ return {
   },
 
   train = {
-    device = "auto",              -- auto (CUDA when the model ops run there), cpu or cuda
+    device = "auto",              -- auto (CUDA when a GPU is usable), cpu or cuda
+    dtype = "auto",               -- activations: auto (bf16 on a GPU, f32 on the CPU), bf16 or f32
+    graph = true,                 -- on a GPU, capture the step as a CUDA graph once and replay it
+    recompute = false,            -- recompute each MLP's SwiGLU in the backward instead of keeping it
     batch = 8,                    -- sequences per micro-batch
     accum = 4,                    -- micro-batches per optimizer step (gradient accumulation)
     steps = 0,                    -- budget in optimizer steps; 0: from train.tokens

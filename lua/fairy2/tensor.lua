@@ -425,6 +425,13 @@ function Tensor:view(shape)
   local n, dims = dims_arg(shape, shape_buf, "view", true)
   return wrap(C.f2_tensor_reshape(h, n, dims), "view")
 end
+-- as(shape): this tensor's memory under another shape, moving ownership: the view is returned and
+-- this handle is freed (modules use it to hand out one handle per buffer, so t:free() frees memory).
+function Tensor:as(shape)
+  local v = Tensor.view(self, shape)
+  Tensor.free(self)
+  return v
+end
 function Tensor:reshape(shape)
   local h = handle(self)
   local n, dims = dims_arg(shape, shape_buf, "reshape", true)
@@ -862,6 +869,18 @@ function cuda.memory_stats()
   return { allocated = tonumber(s.allocated), reserved = tonumber(s.reserved),
     peak_allocated = tonumber(s.peak_allocated), peak_reserved = tonumber(s.peak_reserved),
     num_cuda_mallocs = tonumber(s.num_cuda_mallocs), num_allocs = tonumber(s.num_allocs) }
+end
+-- Kernel-family timing (f2_cuda_profile): profile(true) starts recording; profile_report() returns
+-- { {name =, calls =, ms =}, ... } slowest first, and starts over.
+function cuda.profile(on) check(C.f2_cuda_profile(on and 1 or 0), "cuda.profile") end
+function cuda.profile_report()
+  local buf = ffi.new("char[?]", 65536)
+  check(C.f2_cuda_profile_report(buf, 65536), "cuda.profile_report")
+  local rows = {}
+  for name, calls, ms in ffi.string(buf):gmatch("(%S+) (%d+) (%S+)\n") do
+    rows[#rows + 1] = { name = name, calls = tonumber(calls), ms = tonumber(ms) }
+  end
+  return rows
 end
 
 function dtypes.name(code) return dtypes.list[code + 1] end

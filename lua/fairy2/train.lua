@@ -17,6 +17,7 @@ local hub = require "fairy2.hub"
 local llama = require "fairy2.models.llama"
 local log = require "fairy2.log"
 local optim = require "fairy2.optim"
+local step_mod = require "fairy2.step"
 local plot = require "fairy2.plot"
 local recipe = require "fairy2.recipe"
 local C = f2.C
@@ -75,6 +76,9 @@ function M.validate(cfg)
     need(name ~= "", "data.sources", "'name' or 'name:weight'", s)
   end
   need(one_of(t.device, { "auto", "cpu", "cuda" }), "train.device", "'auto', 'cpu' or 'cuda'", t.device)
+  need(one_of(t.dtype, { "auto", "bf16", "f32" }), "train.dtype", "'auto', 'bf16' or 'f32'", t.dtype)
+  need(type(t.graph) == "boolean", "train.graph", "true or false", t.graph)
+  need(type(t.recompute) == "boolean", "train.recompute", "true or false", t.recompute)
   need(int(t.batch, 1), "train.batch", "an integer >= 1 (rows per micro-batch)", t.batch)
   need(int(t.accum, 1), "train.accum", "an integer >= 1 (micro-batches per optimizer step)", t.accum)
   need(int(t.steps, 0), "train.steps", "an integer >= 0 (0: budget by train.tokens)", t.steps)
@@ -134,17 +138,6 @@ end
 
 local function finite(x) return x == x and x ~= math.huge and x ~= -math.huge end
 
--- Whether the model ops (nn_cpu.c's family) run on CUDA tensors: one tiny RMSNorm tells.
-local function model_ops_on_cuda()
-  local ok, rc = pcall(function()
-    local x = f2.ones({ 1, 2 }, { device = "cuda" })
-    local w = f2.ones({ 2 }, { device = "cuda" })
-    return C.f2_rmsnorm_forward(x.h, nil, x.h, w.h, 1e-6)
-  end)
-  C.f2_clear_error()
-  return ok and rc == 0
-end
-
 -- "cpu" or "cuda", and a sentence saying why.
 local function pick_device(want)
   local gpus = f2.cuda.device_count()
@@ -155,10 +148,7 @@ local function pick_device(want)
     end
     return "cpu", "cpu (no usable GPU" .. (f2.cuda.compiled() and "" or ": built without CUDA") .. ")"
   end
-  if model_ops_on_cuda() then return "cuda", "cuda (" .. gpus .. " GPU" .. (gpus > 1 and "s" or "") .. " usable)" end
-  if want == "cuda" then error("train.device=cuda, but the model ops have no CUDA kernels yet; use train.device=cpu", 0) end
-  return "cpu", "cpu: " .. gpus .. " GPU" .. (gpus > 1 and "s are" or " is") ..
-    " usable, but the model ops have no CUDA kernels yet, so the model trains on the CPU"
+  return "cuda", "cuda (" .. gpus .. " GPU" .. (gpus > 1 and "s" or "") .. " usable; training on GPU 0)"
 end
 
 -- The training sources as data.open weights ({name = weight}), or nil for the natural mixture.
@@ -260,8 +250,10 @@ function M.fit(cfg, opts)
     for k, v in pairs(recipe.merge(cfg, cfg.gpu)) do cfg[k] = v end   -- the recipe's GPU-sized settings
     M.validate(cfg)
   end
+  local dtype = t.dtype ~= "auto" and t.dtype or (device == "cuda" and "bf16" or "f32")
   say("fairy2 %s train: %s -> %s", f2.version, cfg.name or "run", out)
-  say("device: %s", device_note)
+  say("device: %s; activations %s%s", device_note, dtype,
+    device == "cuda" and (t.graph and ", the step as a CUDA graph" or ", no CUDA graph") or "")
 
   -- Resume: the newest complete checkpoint of this out directory.
   local ck
@@ -312,14 +304,14 @@ function M.fit(cfg, opts)
   local label = cfg.quant.stages > 0 and ("Fairy2 " .. bits_name(cfg.quant)) or "full precision"
   if ck then
     desc = config.from_json(ck.state.model_desc.hf)
-    model = llama.build(desc, { device = device })
+    model = llama.build(desc, { device = device, dtype = dtype, recompute = t.recompute })
     if cfg.quant.stages > 0 then report = fairy2.convert(model, quant_opts(cfg, true)) end
     say("model: %s, resuming from %s (step %d)", cfg.model, ck.path, ck.step)
     result.baselines = (ck.state.metrics or {}).baselines or {}
     result.evals = (ck.state.metrics or {}).evals or {}
   else
     desc = src.config
-    model = llama.build(desc, { device = device })
+    model = llama.build(desc, { device = device, dtype = dtype, recompute = t.recompute })
     llama.load_state(model, src.state)
     src = nil
     collectgarbage()
@@ -350,8 +342,10 @@ function M.fit(cfg, opts)
   end
 
   -- Optimizer and schedule.
+  model:flatten()
   local params = model:named_parameters()
-  local opt = optim.AdamW(params, { lr = o.lr, betas = { o.beta1, o.beta2 }, eps = o.eps, weight_decay = o.weight_decay })
+  local opt = optim.AdamW(params, { lr = o.lr, betas = { o.beta1, o.beta2 }, eps = o.eps, weight_decay = o.weight_decay },
+    model.flat)
   local schedule = optim.schedule { kind = o.schedule, lr = o.lr, min_lr = o.min_lr, total_steps = total, warmup = warmup,
     decay_steps = decay, shape = o.decay_shape }
   local start_step, elapsed0 = 0, 0
@@ -384,11 +378,8 @@ function M.fit(cfg, opts)
   local nan_steps = {}
   for _, s in ipairs(cfg.debug.nan_steps) do nan_steps[s] = true end
   local ids, targets = borrow(loader.inputs), borrow(loader.targets)
-  local dev_ids, dev_targets
-  if device ~= "cpu" then
-    dev_ids = f2.empty(ids:shape(), { dtype = "i32", device = device })
-    dev_targets = f2.empty(targets:shape(), { dtype = "i32", device = device })
-  end
+  local stepper = step_mod.new(model, opt, { batch = t.batch, seq_len = cfg.data.seq_len, accum = t.accum,
+    clip = o.clip, graph = t.graph })
   local saved_step, bad_in_row = result.checkpoint and start_step or -1, 0
   local last_eval_step = (#result.evals > 0) and result.evals[#result.evals].step or -1
 
@@ -438,25 +429,14 @@ function M.fit(cfg, opts)
     picture()
   end
 
-  -- One optimizer step: accum micro-batches, clip, AdamW (or skip when non-finite).
+  -- One optimizer step: accum micro-batches, clip, AdamW (skipped on the device when non-finite).
   local function train_step(step)
-    model:zero_grad()
-    local loss = 0
-    for micro = 0, t.accum - 1 do
-      loader:batch(step - 1, micro)
-      if dev_ids then dev_ids:copy(ids); dev_targets:copy(targets) end
-      loss = loss + model:loss(dev_ids or ids, dev_targets or targets)
-      model:backward(1 / t.accum)
-    end
-    loss = loss / t.accum
-    if nan_steps[step] then   -- tests: a poisoned step, as a diverging run would produce
-      loss = 0 / 0
-      params[1].grad:fill(0 / 0)
-    end
-    local norm = optim.clip_grad_norm(opt, o.clip)
     local lr = schedule(step)
-    local good = finite(loss) and finite(norm)
-    if good then opt:step(lr) else opt.grad_scale = 1 end
+    local loss, norm, good = stepper:run(function(micro, dst_ids, dst_targets)
+      loader:batch(step - 1, micro)
+      dst_ids:copy(ids)
+      dst_targets:copy(targets)
+    end, lr, { poison = nan_steps[step] })
     return loss, norm, lr, good
   end
 

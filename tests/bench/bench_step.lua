@@ -28,7 +28,7 @@ local desc = {
 }
 local model = llama.build(desc)
 llama.init_random(model, 1)
-fairy2.convert(model, { stages = 2, log = io.open("/dev/null", "w") })
+fairy2.convert(model, { stages = 2, quiet = true })
 local params = model:named_parameters()
 local opt = optim.AdamW(params, { lr = 1e-4, betas = { 0.9, 0.95 }, weight_decay = 0.1 })
 

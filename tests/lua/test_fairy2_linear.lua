@@ -99,8 +99,9 @@ do
     worst_x = math.max(worst_x, math.abs((lp - lm) / (2 * eps) - dxv[k]))
   end
   t.check(worst_x <= 1e-3 * scale + 1e-4, "grad-input vs finite differences: " .. worst_x)
-  -- A second backward accumulates.
+  -- A second forward + backward accumulates (backward releases what forward kept: one per forward).
   local before = values(layer.grads.weight)
+  layer:forward(x)
   layer:backward(x, dy)
   local after = values(layer.grads.weight)
   local ok = true
@@ -113,7 +114,7 @@ do
   local layer = nn.Fairy2Linear(IN, OUT, { stages = 1, a8 = true, bias = false, std = 0.3, seed = seed + 3 })
   local x = f2.randn({ N, IN }, { std = 2 })
   local y = layer:forward(x)
-  local xq = layer.saved.x_in
+  local xq = f2.empty_like(layer.saved.x_in):copy(layer.saved.x_in)   -- backward releases saved.x_in
   local xv, qv, on_grid, close = values(x), values(xq), true, true
   for i = 0, N - 1 do
     local absmax = 0

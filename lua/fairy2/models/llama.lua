@@ -18,7 +18,6 @@ local ffi = require "ffi"
 local f2 = require "fairy2"
 local nn = require "fairy2.nn.module"
 local Block = require "fairy2.nn.block"
-local CrossEntropy = require "fairy2.nn.cross_entropy"
 local Embedding = require "fairy2.nn.embedding"
 local Fairy2Linear = require "fairy2.nn.fairy2_linear"
 local Linear = require "fairy2.nn.linear"
@@ -41,8 +40,10 @@ function Decoder:init(desc, opts)
   self:register_module("norm", RMSNorm(desc.hidden, desc.rms_eps, opts))
 end
 
-function Decoder:forward(ids)
-  local h = self.embed_tokens:forward(ids)
+-- ids -> final normed hidden states [B, T, hidden] in dtype; keeps each block's input for backward.
+function Decoder:forward(ids, dtype)
+  local h = self.embed_tokens:forward(ids, dtype)
+  self:release()
   self.inputs = {}
   for i, name in ipairs(self.layers.child_order) do
     self.inputs[i] = h
@@ -52,71 +53,135 @@ function Decoder:forward(ids)
   return self.norm:forward(h)
 end
 
+-- Drops what a forward kept (a forward that no backward followed, e.g. an evaluation).
+function Decoder:release()
+  for _, t in ipairs(self.inputs or {}) do t:free() end
+  if self.last then self.last:free() end
+  self.inputs, self.last = nil, nil
+end
+
+-- dy [B, T, hidden] (not modified) -> every parameter's gradient, releasing the forward's tensors.
 function Decoder:backward(ids, dy)
+  if not self.inputs then error("Decoder:backward before forward", 2) end
   local dh = self.norm:backward(self.last, dy)
   for i = #self.layers.child_order, 1, -1 do
-    dh = self.layers.children[self.layers.child_order[i]]:backward(self.inputs[i], dh)
+    dh = self.layers.children[self.layers.child_order[i]]:backward(self.inputs[i], dh)   -- in place
   end
+  self:release()
   self.embed_tokens:backward(ids, dh)
+  dh:free()
 end
 
 local CausalLM = nn.class("CausalLM")
 
+-- opts: device, dtype (of the activations: "f32", the default, or "bf16"; parameters, gradients and
+-- optimizer state are always f32), recompute (true: MLPs recompute their SwiGLU in the backward).
 function CausalLM:init(desc, opts)
   self.desc = desc
-  self.criterion = CrossEntropy()
+  self.dtype = (opts and opts.dtype) or "f32"
+  if self.dtype ~= "f32" and self.dtype ~= "bf16" then
+    error("llama.build: dtype must be 'f32' or 'bf16', got " .. tostring(self.dtype), 3)
+  end
+  self.ignore_index = -100
   self:register_module("model", Decoder(desc, opts))
   if not desc.tie_embeddings then
     self:register_module("lm_head", Linear(desc.hidden, desc.vocab_size, { bias = false, device = opts and opts.device }))
   end
 end
 
--- ids i32 [B, T] -> logits [B*T, V] (tied: against the embedding matrix).
-function CausalLM:forward(ids)
-  if type(ids) ~= "cdata" then error("CausalLM:forward: ids must be an i32 tensor [B, T]", 2) end
-  local shape = ids:shape()
-  if #shape ~= 2 or ids:dtype() ~= "i32" then error("CausalLM:forward: ids must be an i32 tensor [B, T]", 2) end
-  local h = self.model:forward(ids)
-  local N = shape[1] * shape[2]
-  local h2 = h:reshape({ N, self.desc.hidden })
-  local logits
-  if self.lm_head then
-    logits = self.lm_head:forward(h2)
-  else
-    logits = f2.empty({ N, self.desc.vocab_size }, { dtype = "f32", device = h:device() })
-    f2.check(C.f2_matmul(logits.h, h2.h, self.model.embed_tokens.weight.h, 0, 1, 1, 0), "tied lm head", 2)
+local function check_ids(ids)
+  if not f2.is_tensor(ids) or #ids:shape() ~= 2 or ids:dtype() ~= "i32" then
+    error("CausalLM:forward: ids must be an i32 tensor [B, T]", 3)
   end
-  self.saved = { ids = ids, h2 = h2, logits = logits }
+end
+
+-- The LM head's matrix in h2's dtype and the gradient it accumulates into: lm_head's, or (tied) the
+-- embedding matrix, cast into a buffer the model keeps when the activations are not f32.
+function CausalLM:head_weight(h2)
+  if self.lm_head then return self.lm_head:gemm_weight(h2), self.lm_head.grads.weight end
+  local emb = self.model.embed_tokens
+  if h2:dtype() == emb.weight:dtype() then return emb.weight, emb.grads.weight end
+  local c = self.head_cast
+  if not c or c:dtype() ~= h2:dtype() or c:device() ~= emb.weight:device() then
+    if c then c:free() end
+    c = f2.empty(emb.weight:shape(), { dtype = h2:dtype(), device = emb.weight:device() })
+    self.head_cast = c
+  end
+  f2.check(C.f2_copy(c.h, emb.weight.h), "LM head (weight cast)", 3)
+  return c, emb.grads.weight
+end
+
+-- ids i32 [B, T] -> logits [B*T, V] f32 (no backward from here: training goes through loss()).
+function CausalLM:forward(ids)
+  check_ids(ids)
+  local shape = ids:shape()
+  local N = shape[1] * shape[2]
+  local h2 = self.model:forward(ids, self.dtype):as({ N, self.desc.hidden })
+  local w = self:head_weight(h2)
+  local logits = f2.empty({ N, self.desc.vocab_size }, { dtype = "f32", device = h2:device() })
+  f2.check(C.f2_matmul(logits.h, h2.h, w.h, 0, 1, 1, 0), "lm head", 2)
+  h2:free()
+  self.model:release()
   return logits
 end
 
--- Mean cross-entropy of the next-token predictions; targets i32 [B, T] aligned with ids' positions.
-function CausalLM:loss(ids, targets)
-  local logits = self:forward(ids)
-  self.saved.targets = targets
-  return self.criterion:forward(logits, targets:reshape({ targets:numel() }))
+-- Mean cross-entropy of the next-token predictions; targets i32 [B, T] aligned with ids' positions
+-- (-100: ignored). The LM head and the loss are one fused, chunked op (f2_lm_head_cross_entropy),
+-- which also makes the gradient at the hidden states for backward(). opts: dloss (the gradient of
+-- the loss to propagate, default 1: a micro-batch's share when accumulating), grad (default true;
+-- false: the loss alone), sync (default true: return a number; false: the loss as a one-element
+-- tensor on the model's device, without waiting for the GPU).
+function CausalLM:loss(ids, targets, opts)
+  check_ids(ids)
+  opts = opts or {}
+  local grad, dloss = opts.grad ~= false, opts.dloss or 1
+  local shape = ids:shape()
+  local N, D = shape[1] * shape[2], self.desc.hidden
+  if not f2.is_tensor(targets) or targets:dtype() ~= "i32" or targets:numel() ~= N then
+    error("CausalLM:loss: targets must be an i32 tensor with one target per id", 2)
+  end
+  local h2 = self.model:forward(ids, self.dtype):as({ N, D })
+  local w, dw = self:head_weight(h2)
+  local device = h2:device()
+  if not self.loss_t or self.loss_t:device() ~= device then
+    self.loss_t = f2.empty({ 1 }, { dtype = "f32", device = device })
+  end
+  local dh = grad and f2.empty({ N, D }, { dtype = h2:dtype(), device = device }) or nil
+  local tg = targets:view({ N })
+  f2.check(C.f2_lm_head_cross_entropy(self.loss_t.h, nil, dh and dh.h, dh and dw.h, h2.h, w.h, tg.h,
+    self.ignore_index, dloss, 0), "CausalLM:loss", 2)
+  tg:free()
+  h2:free()
+  if self.saved and self.saved.dh then self.saved.dh:free() end
+  self.saved = nil
+  if grad then
+    self.saved = { ids = ids, dh = dh:as({ shape[1], shape[2], D }), dloss = dloss }
+  else
+    self.model:release()
+  end
+  if opts.sync == false then return self.loss_t end
+  return self.loss_t:item()
 end
 
--- After loss(): back through the whole model; dloss scales the gradient of the mean loss (default 1).
+-- After loss(): back through the whole model; dloss scales the gradient of the mean loss (default:
+-- the one loss() was given).
 function CausalLM:backward(dloss)
   local s = self.saved
-  if not (s and s.targets) then error("CausalLM:backward: call loss(ids, targets) first", 2) end
-  local targets = s.targets:reshape({ s.targets:numel() })
-  local dlogits = self.criterion:backward(s.logits, targets, dloss)
-  local dh2
-  if self.lm_head then
-    dh2 = self.lm_head:backward(s.h2, dlogits)
-  else
-    local emb = self.model.embed_tokens
-    dh2 = f2.empty(s.h2:shape(), { dtype = "f32", device = s.h2:device() })
-    f2.check(C.f2_matmul(dh2.h, dlogits.h, emb.weight.h, 0, 0, 1, 0), "tied lm head backward", 2)
-    f2.check(C.f2_matmul(emb.grads.weight.h, dlogits.h, s.h2.h, 1, 0, 1, 1), "tied lm head weight gradient", 2)
+  if not (s and s.dh) then error("CausalLM:backward: call loss(ids, targets) first", 2) end
+  self.saved = nil
+  if dloss and dloss ~= s.dloss then
+    if s.dloss == 0 then error("CausalLM:backward: loss() ran with dloss = 0; pass the dloss to loss()", 2) end
+    s.dh:mul_(dloss / s.dloss)
   end
-  local shape = s.ids:shape()
-  self.model:backward(s.ids, dh2:reshape({ shape[1], shape[2], self.desc.hidden }))
+  self.model:backward(s.ids, s.dh)
+  s.dh:free()
 end
 
 function CausalLM:zero_grad()
+  if self.flat then
+    for _, g in ipairs(self.flat) do g.grad:zero() end
+    return
+  end
   for _, p in ipairs(self:named_parameters()) do p.grad:zero() end
 end
 

@@ -14,10 +14,11 @@ function Embedding:init(num_embeddings, dim, opts)
   self.grads.weight = f2.zeros({ num_embeddings, dim }, t)
 end
 
-function Embedding:forward(ids)
+-- dtype: the output's (default f32; a bf16 model's activations are bf16).
+function Embedding:forward(ids, dtype)
   local shape = ids:shape()
   shape[#shape + 1] = self.dim
-  local out = f2.empty(shape, { dtype = "f32", device = self.weight:device() })
+  local out = f2.empty(shape, { dtype = dtype or "f32", device = self.weight:device() })
   f2.check(C.f2_embedding_forward(out.h, self.weight.h, ids.h), "Embedding:forward", 2)
   return out
 end

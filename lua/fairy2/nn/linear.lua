@@ -1,8 +1,12 @@
 -- linear.lua — the fully connected layer (PyTorch nn.Linear): y = x W^T + b, weight (out, in) fp32,
 -- optional bias (out). Input [..., in], output [..., out] in x's dtype (the GEMM is f2_matmul: fp32
--- accumulation; a bf16 x multiplies a bf16 copy of the weight). backward(x, dy) returns dx and
--- accumulates grads.weight += dy^T x and grads.bias += sum of dy over rows.
+-- accumulation; a bf16 x multiplies a bf16 copy of the weight, refreshed each forward into a buffer
+-- the layer keeps). backward(x, dy [, into]) returns dx (or adds it into `into`) and accumulates
+-- grads.weight += dy^T x and grads.bias += sum of dy over rows.
 -- Subclasses (Fairy2Linear) change what multiplies x by overriding gemm_weight and gemm_input.
+--
+-- Memory: what forward keeps for backward is released by backward (one handle per buffer, so GPU
+-- memory returns to the allocator at once, not when Lua's GC runs).
 local f2 = require "fairy2"
 local nn = require "fairy2.nn.module"
 local C = f2.C
@@ -32,21 +36,30 @@ function Linear:init(in_features, out_features, opts)
   end
 end
 
--- The matrix the GEMM multiplies x by, in x's dtype (Linear: the weight, cast when x is not f32).
+-- The matrix the GEMM multiplies x by, in x's dtype (Linear: the weight, or its copy in x's dtype).
 function Linear:gemm_weight(x2)
   if x2:dtype() == "f32" then return self.weight end
-  return self.weight:to(x2:dtype())
+  local c = self.weight_cast
+  if not c or c:dtype() ~= x2:dtype() or c:device() ~= self.weight:device() then
+    if c then c:free() end
+    c = f2.empty(self.weight:shape(), { dtype = x2:dtype(), device = self.weight:device() })
+    self.weight_cast = c
+  end
+  f2.check(C.f2_copy(c.h, self.weight.h), self.__name .. ":forward (weight cast)", 3)
+  return c
 end
 
--- The input the GEMM sees (Linear: x itself; Fairy2Linear with A8: its fake-quantized copy).
+-- The input the GEMM sees (Linear: x itself; Fairy2Linear with A8: a fake-quantized copy, which
+-- must be a new tensor: backward frees it).
 function Linear:gemm_input(x2) return x2 end
 
+-- x [..., in] as rows [N, in] (a new view, the caller frees it) and x's shape.
 local function rows_of(self, x, what)
   local shape = x:shape()
   if shape[#shape] ~= self.in_features then
     error(what .. ": input's last dim is " .. tostring(shape[#shape]) .. ", expected " .. self.in_features, 3)
   end
-  return x:reshape({ x:numel() / self.in_features, self.in_features }), shape
+  return x:view({ x:numel() / self.in_features, self.in_features }), shape
 end
 
 function Linear:forward(x)
@@ -55,20 +68,26 @@ function Linear:forward(x)
   local y = f2.empty({ x2:shape()[1], self.out_features }, { dtype = x2:dtype(), device = x2:device() })
   f2.check(C.f2_matmul(h(y), h(xin), h(w), 0, 1, 1, 0), self.__name .. ":forward", 2)
   if self.bias then y:add_(self.bias) end
+  if xin ~= x2 then x2:free() end
+  if self.saved then self.saved.x_in:free() end   -- a forward that no backward followed
   self.saved = { x_in = xin, w = w }
   shape[#shape] = self.out_features
-  return y:reshape(shape)
+  return y:as(shape)
 end
 
 -- dx = dy W (through what forward multiplied by); dW += dy^T x_in; db += column sums of dy.
-function Linear:backward(x, dy)
+-- into: a tensor of x's shape that dx is added to (and returned) instead of a new one.
+function Linear:backward(x, dy, into)
   local s = self.saved
   if not s then error(self.__name .. ":backward before forward", 2) end
-  local x2, shape = rows_of(self, x, self.__name .. ":backward")
-  local dy2 = dy:reshape({ x2:shape()[1], self.out_features })
-  local dx = f2.empty(x2:shape(), { dtype = x2:dtype(), device = x2:device() })
+  self.saved = nil
+  local shape = x:shape()
+  local rows = x:numel() / self.in_features
+  local dy2 = dy:view({ rows, self.out_features })
   local what = self.__name .. ":backward"
-  f2.check(C.f2_matmul(h(dx), h(dy2), h(s.w), 0, 0, 1, 0), what, 2)
+  local dx2 = into and into:view({ rows, self.in_features }) or
+    f2.empty({ rows, self.in_features }, { dtype = x:dtype(), device = x:device() })
+  f2.check(C.f2_matmul(h(dx2), h(dy2), h(s.w), 0, 0, 1, into and 1 or 0), what, 2)
   self:accumulate_weight_grad(dy2, s.x_in)
   if self.bias then
     local db = f2.empty({ self.out_features }, { dtype = "f32", device = dy2:device() })
@@ -76,7 +95,13 @@ function Linear:backward(x, dy)
     self.grads.bias:add_(db)
     db:free()
   end
-  return dx:reshape(shape)
+  dy2:free()
+  s.x_in:free()
+  if into then
+    dx2:free()
+    return into
+  end
+  return dx2:as(shape)
 end
 
 -- grads.weight += dy^T x_in (Fairy2Linear's U/W option redirects it).

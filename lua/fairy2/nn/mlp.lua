@@ -1,5 +1,5 @@
 -- mlp.lua — the SwiGLU MLP of the Llama/Qwen3 family (HF LlamaMLP): down(silu(gate(x)) * up(x)).
--- Input and output [..., hidden].
+-- Input and output [..., hidden], in x's dtype.
 local f2 = require "fairy2"
 local nn = require "fairy2.nn.module"
 local Linear = require "fairy2.nn.linear"
@@ -7,9 +7,11 @@ local C = f2.C
 
 local MLP = nn.class("MLP")
 
+-- opts: bias, device, recompute (true: the SwiGLU output is not kept for the backward but recomputed
+-- from gate and up there: one elementwise pass buys back [tokens x intermediate] of activation memory).
 function MLP:init(hidden, intermediate, opts)
   opts = opts or {}
-  self.hidden, self.intermediate = hidden, intermediate
+  self.hidden, self.intermediate, self.recompute = hidden, intermediate, opts.recompute == true
   local lopts = { bias = opts.bias or false, device = opts.device }
   self:register_module("gate_proj", Linear(hidden, intermediate, lopts))
   self:register_module("up_proj", Linear(hidden, intermediate, lopts))
@@ -17,25 +19,39 @@ function MLP:init(hidden, intermediate, opts)
 end
 
 function MLP:forward(x)
-  local shape = x:shape()
-  local x2 = x:reshape({ x:numel() / self.hidden, self.hidden })
-  local gate, up = self.gate_proj:forward(x2), self.up_proj:forward(x2)
-  local h = f2.empty(gate:shape(), { dtype = "f32", device = x:device() })
-  f2.check(C.f2_swiglu_forward(h.h, gate.h, up.h), "MLP:forward", 2)
-  self.saved = { x2 = x2, gate = gate, up = up, h = h }
-  return self.down_proj:forward(h):reshape(shape)
+  local gate, up = self.gate_proj:forward(x), self.up_proj:forward(x)
+  local act = f2.empty(gate:shape(), { dtype = gate:dtype(), device = x:device() })
+  f2.check(C.f2_swiglu_forward(act.h, gate.h, up.h), "MLP:forward", 2)
+  local y = self.down_proj:forward(act)
+  if self.recompute then
+    self.down_proj.saved.x_in:free()   -- down_proj's copy of act: rebuilt in backward
+    self.down_proj.saved.x_in = nil
+    act:free()
+    act = nil
+  end
+  self.saved = { gate = gate, up = up, act = act }
+  return y
 end
 
+-- The gradients of gate and up overwrite gate and up (they are not needed afterwards).
 function MLP:backward(x, dy)
   local s = self.saved
   if not s then error("MLP:backward before forward", 2) end
-  local dh = self.down_proj:backward(s.h, dy:reshape({ dy:numel() / self.hidden, self.hidden }))
-  local opts = { dtype = "f32", device = x:device() }
-  local dgate, dup = f2.empty(s.gate:shape(), opts), f2.empty(s.up:shape(), opts)
-  f2.check(C.f2_swiglu_backward(dgate.h, dup.h, dh.h, s.gate.h, s.up.h), "MLP:backward", 2)
-  local dx = self.gate_proj:backward(s.x2, dgate)
-  dx:add_(self.up_proj:backward(s.x2, dup))
-  return dx:reshape(x:shape())
+  self.saved = nil
+  if not s.act then
+    s.act = f2.empty(s.gate:shape(), { dtype = s.gate:dtype(), device = s.gate:device() })
+    f2.check(C.f2_swiglu_forward(s.act.h, s.gate.h, s.up.h), "MLP:backward (recompute)", 2)
+    self.down_proj.saved.x_in = s.act:view({ s.act:numel() / self.intermediate, self.intermediate })
+  end
+  local dact = self.down_proj:backward(s.act, dy)
+  s.act:free()
+  f2.check(C.f2_swiglu_backward(s.gate.h, s.up.h, dact.h, s.gate.h, s.up.h), "MLP:backward", 2)
+  dact:free()
+  local dx = self.gate_proj:backward(x, s.gate)
+  self.up_proj:backward(x, s.up, dx)
+  s.gate:free()
+  s.up:free()
+  return dx
 end
 
 return MLP

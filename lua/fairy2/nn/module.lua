@@ -89,6 +89,53 @@ function Module:named_parameters()
   return out
 end
 
+-- Moves every parameter and its gradient into flat f32 buffers, one pair per weight-decay group,
+-- so the optimizer, the gradient norm and zero_grad each see one contiguous range per group (one
+-- kernel, not one per tensor) and the training step allocates nothing for them. Parameters become
+-- views into the buffers, values and gradients kept; each starts at a multiple of 64 elements (256
+-- bytes, for vector loads). Call it after the model's last structural change (Fairy2 conversion).
+-- Sets self.flat = { {decay = true|false, param = t, grad = t}, ... } (empty groups left out).
+function Module:flatten()
+  local params = self:named_parameters()
+  if #params == 0 then error("flatten: the module has no parameters", 2) end
+  local f2 = require "fairy2"
+  local device = params[1].value:device()
+  local groups = { { decay = true, n = 0, items = {} }, { decay = false, n = 0, items = {} } }
+  for _, p in ipairs(params) do
+    if p.value:dtype() ~= "f32" or p.value:device() ~= device then
+      error("flatten: " .. p.name .. " is " .. p.value:dtype() .. " on " .. p.value:device() ..
+        "; every parameter must be f32 on " .. device, 2)
+    end
+    local g = p.decay and groups[1] or groups[2]
+    g.items[#g.items + 1] = { p = p, offset = g.n }
+    g.n = g.n + math.ceil(p.value:numel() / 64) * 64
+  end
+  self.flat = {}
+  for _, g in ipairs(groups) do
+    if g.n > 0 then
+      local opts = { dtype = "f32", device = device }
+      local flat = { decay = g.decay, param = f2.zeros({ g.n }, opts), grad = f2.zeros({ g.n }, opts) }
+      for _, item in ipairs(g.items) do
+        local p = item.p
+        local shape, n = p.value:shape(), p.value:numel()
+        local function place(buffer, old)
+          local span = buffer:narrow(0, item.offset, n)
+          local view = span:as(shape)
+          if old then view:copy(old) end
+          return view
+        end
+        local value, grad = place(flat.param, p.value), place(flat.grad, p.grad)
+        local m = p.module
+        p.value:free()
+        if p.grad then p.grad:free() end
+        m.params[p.local_name], m[p.local_name], m.grads[p.local_name] = value, value, grad
+      end
+      self.flat[#self.flat + 1] = flat
+    end
+  end
+  return self.flat
+end
+
 -- Replaces the child at `name` in place (used by the Fairy2 conversion).
 function Module:replace_child(name, module)
   assert(self.children[name], "no child named " .. tostring(name))

@@ -41,6 +41,9 @@ function Rotary:ensure(n)
   if n <= self.positions then return end
   local p = math.max(n, 2 * self.positions, 64)
   local opts = { dtype = "f32", device = self.device }
+  -- The old tables stay alive: a captured CUDA graph may still read them.
+  self.retired = self.retired or {}
+  if self.cos then table.insert(self.retired, self.cos); table.insert(self.retired, self.sin) end
   self.cos, self.sin = f2.empty({ p, self.head_dim / 2 }, opts), f2.empty({ p, self.head_dim / 2 }, opts)
   f2.check(C.f2_rope_tables(self.cos.h, self.sin.h, self.inv_freq.h), "Rotary tables", 3)
   self.positions = p
