@@ -1,0 +1,813 @@
+/* attention.cu — causal GQA attention on CUDA: forward (out, lse), backward (dq, dk, dv), decode.
+ * q/out/dout/dq [B,T,H,Dh], k/v/dk/dv [B,T,Hkv,Dh], lse [B,H,T] f32; CPU reference: runtime/nn_cpu.c.
+ *
+ * Hot path (q, k, v and, backward, dout all bf16; Dh 64 or 128): flash attention on tensor cores
+ * (mma.sync m16n8k16 bf16, fp32 accumulation), tiles staged in shared memory by cp.async, online
+ * softmax in fp32 (exp2 of scores pre-scaled by scale*log2e), KV blocks above the diagonal skipped.
+ * Each warp owns RM tiles of 16 rows, so a K/V/Q/dO fragment read from shared memory feeds RM MMAs;
+ * tile shapes per head dim are in tc_config. P and dS are rounded to bf16 for their GEMMs, as every
+ * flash attention does. The backward is
+ * deterministic without atomics: D_i = dout_i . out_i first, then one kernel per KV block for dK/dV
+ * (looping over the query blocks of every head of its group in a fixed order) and one per query block
+ * for dQ (recomputing P and dP). Every other case (f32 or mixed inputs, other head dims up to 1024,
+ * decode) takes a plain fp32 path: one block per query (or key) row, online softmax over chunks of
+ * keys, sums in a fixed order; it matches the CPU to fp32 rounding. */
+#include "f2_cuda.cuh"
+
+extern __shared__ __align__(16) unsigned char attn_smem[];   /* every kernel's dynamic shared memory */
+
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+/* ---------------------------------------------------------------- PTX helpers (sm_80+) */
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pred) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  int n = pred ? 16 : 0;   /* 0 source bytes: the 16 bytes are zero-filled */
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async4(void *smem, const void *gmem, bool pred) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  int n = pred ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t *p) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16_t *p) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+/* 2^x on the SFU (ex2.approx: 2 ulp, -inf -> 0); the softmax's exponentials. */
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+/* c[16x8] += a[16x16] b[16x8]; fragments as in the PTX ISA (thread t: rows t/4 and t/4+8, columns
+ * 2(t%4), 2(t%4)+1 of c). */
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/* Two floats as a bf16 pair for an MMA operand (lo in the low half = the lower column of a fragment);
+ * one cvt instruction, round to nearest even. */
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *(uint32_t *)&v;
+}
+/* Elements off, off+1 (off even) of an f32 or bf16 tensor (bf16 rounded as the CPU does). */
+__device__ __forceinline__ void store2(void *base, int32_t dtype, int64_t off, float a, float b) {
+  if (dtype == F2_BF16)
+    *(uint32_t *)((uint16_t *)base + off) = (uint32_t)f2_dev_f32_to_bf16(a) | ((uint32_t)f2_dev_f32_to_bf16(b) << 16);
+  else
+    *(float2 *)((float *)base + off) = make_float2(a, b);
+}
+
+/* ROWS rows of D bf16 from global (row r at g + r*ld; rows >= n_valid zero-filled) into shared memory
+ * with row stride D+8 (the 16-byte pad keeps ldmatrix's eight row reads on distinct banks). */
+template <int ROWS, int D, int NT>
+__device__ __forceinline__ void load_tile(uint16_t *s, const uint16_t *g, int64_t ld, int n_valid) {
+  constexpr int CH = D / 8;
+#pragma unroll
+  for (int c = threadIdx.x; c < ROWS * CH; c += NT) {
+    int r = c / CH, col = (c % CH) * 8;
+    bool ok = r < n_valid;
+    cp_async16(s + r * (D + 8) + col, g + (ok ? (int64_t)r * ld + col : 0), ok);
+  }
+}
+
+/* A warp's GEMMs work on RM tiles of 16 rows (rows 16r.. of the warp's slice) so that every B fragment
+ * read from shared memory feeds RM MMAs.
+ * acc[r][16 x 8*NB] = A[16 x D] B^T, tile r of A at sA + 16r rows (row stride D+8), B rows (the n index)
+ * at sB. */
+template <int D, int RM, int NB>
+__device__ __forceinline__ void warp_gemm_abt(float (&acc)[RM][NB][4], const uint16_t *sA, const uint16_t *sB,
+                                              int lane) {
+  constexpr int SD = D + 8;
+#pragma unroll
+  for (int r = 0; r < RM; r++)
+#pragma unroll
+    for (int j = 0; j < NB; j++) acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk++) {
+    uint32_t a[RM][4];
+#pragma unroll
+    for (int r = 0; r < RM; r++)
+      ldmatrix_x4(a[r], sA + (r * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SD + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+    for (int j = 0; j < NB; j += 2) {
+      uint32_t b[4];
+      ldmatrix_x4(b, sB + (j * 8 + (lane & 7) + (lane >> 4) * 8) * SD + kk * 16 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+      for (int r = 0; r < RM; r++) {
+        mma_bf16(acc[r][j], a[r], b[0], b[1]);
+        mma_bf16(acc[r][j + 1], a[r], b[2], b[3]);
+      }
+    }
+  }
+}
+
+/* acc[r][16 x D] += P_r[16 x 16*KB] B with P in accumulator layout (p[r][2kb], p[r][2kb+1] hold columns
+ * 16kb..16kb+15) and B rows (the k index) at sB, row stride D+8. */
+template <int D, int RM, int KB>
+__device__ __forceinline__ void warp_gemm_pb(float (&acc)[RM][D / 8][4], const float (&p)[RM][2 * KB][4],
+                                             const uint16_t *sB, int lane) {
+  constexpr int SD = D + 8;
+#pragma unroll
+  for (int kb = 0; kb < KB; kb++) {
+    uint32_t a[RM][4];
+#pragma unroll
+    for (int r = 0; r < RM; r++) {
+      a[r][0] = pack_bf16(p[r][2 * kb][0], p[r][2 * kb][1]);
+      a[r][1] = pack_bf16(p[r][2 * kb][2], p[r][2 * kb][3]);
+      a[r][2] = pack_bf16(p[r][2 * kb + 1][0], p[r][2 * kb + 1][1]);
+      a[r][3] = pack_bf16(p[r][2 * kb + 1][2], p[r][2 * kb + 1][3]);
+    }
+#pragma unroll
+    for (int jd = 0; jd < D / 8; jd += 2) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, sB + (kb * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SD + jd * 8 + (lane >> 4) * 8);
+#pragma unroll
+      for (int r = 0; r < RM; r++) {
+        mma_bf16(acc[r][jd], a[r], b[0], b[1]);
+        mma_bf16(acc[r][jd + 1], a[r], b[2], b[3]);
+      }
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- tensor-core forward
+ * Block: NW warps, each owning WR = 16 RM query rows, BM = WR NW queries of one (batch, head). KV blocks
+ * of BN keys, double-buffered. Grid (ceil(T/BM), B*H), the longest (last) query blocks first. */
+template <int D, int NW, int RM, int BN>
+__global__ void __launch_bounds__(NW * 32)
+fwd_tc(void *out, int32_t out_dtype, float *lse, const uint16_t *__restrict__ q, const uint16_t *__restrict__ k,
+       const uint16_t *__restrict__ v, int T, int H, int Hkv, float scale_log2) {
+  constexpr int WR = 16 * RM, BM = WR * NW, SD = D + 8, NT = NW * 32;
+  uint16_t *sQ = (uint16_t *)attn_smem, *sK = sQ + BM * SD, *sV = sK + 2 * BN * SD;
+  const int mb = gridDim.x - 1 - blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, g = h / (H / Hkv);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, m0 = mb * BM;
+  const int64_t qld = (int64_t)H * D, kld = (int64_t)Hkv * D;
+  const uint16_t *qb = q + ((int64_t)b * T * H + h) * D;
+  const uint16_t *kb = k + ((int64_t)b * T * Hkv + g) * D, *vb = v + ((int64_t)b * T * Hkv + g) * D;
+  const int kv_end = min(T, m0 + BM), nblocks = (kv_end + BN - 1) / BN;
+
+  load_tile<BM, D, NT>(sQ, qb + (int64_t)m0 * qld, qld, T - m0);
+  load_tile<BN, D, NT>(sK, kb, kld, T);
+  load_tile<BN, D, NT>(sV, vb, kld, T);
+  cp_async_commit();
+
+  float o[RM][D / 8][4];
+  float mrow[RM][2], lrow[RM][2];
+#pragma unroll
+  for (int r = 0; r < RM; r++) {
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) o[r][j][0] = o[r][j][1] = o[r][j][2] = o[r][j][3] = 0;
+    mrow[r][0] = mrow[r][1] = -INFINITY;
+    lrow[r][0] = lrow[r][1] = 0;
+  }
+  const int row0 = m0 + warp * WR + lane / 4, warp_row_min = m0 + warp * WR, warp_row_max = warp_row_min + WR - 1;
+
+  for (int n = 0; n < nblocks; n++) {
+    const int buf = n & 1;
+    if (n + 1 < nblocks) {
+      int next = (n + 1) * BN;
+      load_tile<BN, D, NT>(sK + (buf ^ 1) * BN * SD, kb + (int64_t)next * kld, kld, T - next);
+      load_tile<BN, D, NT>(sV + (buf ^ 1) * BN * SD, vb + (int64_t)next * kld, kld, T - next);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (n * BN <= warp_row_max) {   /* else every key of the block is after every row of this warp */
+      const uint16_t *cK = sK + buf * BN * SD, *cV = sV + buf * BN * SD;
+      float s[RM][BN / 8][4];
+      warp_gemm_abt<D, RM, BN / 8>(s, sQ + warp * WR * SD, cK, lane);
+      const bool masked = n * BN + BN - 1 > warp_row_min;   /* some key after some row: the diagonal */
+#pragma unroll
+      for (int r = 0; r < RM; r++)
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            float x = s[r][j][e] * scale_log2;
+            if (masked && n * BN + j * 8 + (lane % 4) * 2 + (e & 1) > row0 + r * 16 + (e >> 1) * 8) x = -INFINITY;
+            s[r][j][e] = x;
+          }
+      /* Online softmax of the thread's rows (the 4 threads of a row share its max and rescaling). Block 0
+       * holds key 0, which every row sees, so the running max is finite from then on. */
+#pragma unroll
+      for (int r = 0; r < RM; r++)
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(s[r][j][2 * rr], s[r][j][2 * rr + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          float mnew = fmaxf(mrow[r][rr], mx), msafe = mnew == -INFINITY ? 0.f : mnew;
+          float alpha = fast_exp2(mrow[r][rr] - msafe), sum = 0;
+          mrow[r][rr] = mnew;
+#pragma unroll
+          for (int j = 0; j < BN / 8; j++) {
+            float p0 = fast_exp2(s[r][j][2 * rr] - msafe), p1 = fast_exp2(s[r][j][2 * rr + 1] - msafe);
+            s[r][j][2 * rr] = p0;
+            s[r][j][2 * rr + 1] = p1;
+            sum += p0 + p1;
+          }
+          lrow[r][rr] = lrow[r][rr] * alpha + sum;
+#pragma unroll
+          for (int jd = 0; jd < D / 8; jd++) {
+            o[r][jd][2 * rr] *= alpha;
+            o[r][jd][2 * rr + 1] *= alpha;
+          }
+        }
+      warp_gemm_pb<D, RM, BN / 16>(o, s, cV, lane);
+    }
+    __syncthreads();   /* the buffer is refilled next iteration */
+  }
+
+#pragma unroll
+  for (int r = 0; r < RM; r++)
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+      float l = lrow[r][rr];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int row = row0 + r * 16 + rr * 8;
+      if (row >= T) continue;
+      const float inv = 1.0f / l;
+      const int64_t base = (((int64_t)b * T + row) * H + h) * D + (lane % 4) * 2;
+#pragma unroll
+      for (int jd = 0; jd < D / 8; jd++)
+        store2(out, out_dtype, base + jd * 8, o[r][jd][2 * rr] * inv, o[r][jd][2 * rr + 1] * inv);
+      if (lse && lane % 4 == 0) lse[((int64_t)b * H + h) * T + row] = mrow[r][rr] * kLn2 + logf(l);
+    }
+}
+
+/* ---------------------------------------------------------------- tensor-core backward
+ * D_i = dout_i . out_i (fp32), one warp per row, written [B,H,T] like lse. */
+__global__ void bwd_rowdot(float *dvec, const void *dout, int32_t dout_dtype, const void *out, int32_t out_dtype,
+                           int64_t rows, int T, int H, int D) {
+  const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (int64_t r = (int64_t)blockIdx.x * warps + threadIdx.x / 32; r < rows; r += (int64_t)gridDim.x * warps) {
+    float acc = 0;
+    for (int d = lane; d < D; d += 32)
+      acc += f2_load<float>(dout, dout_dtype, r * D + d) * f2_load<float>(out, out_dtype, r * D + d);
+#pragma unroll
+    for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) {
+      int64_t bt = r / H, h = r % H, b = bt / T, t = bt % T;
+      dvec[(b * H + h) * T + t] = acc;
+    }
+  }
+}
+
+/* dQ: block of BM = 16 RM NW query rows of one (batch, head), WR = 16 RM per warp; KV blocks of BN keys,
+ * double-buffered; per block S = Q K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - D), dQ += dS K;
+ * dq = scale dQ. Grid (ceil(T/BM), B*H), the longest (last) query blocks first. */
+template <int D, int NW, int RM, int BN>
+__global__ void __launch_bounds__(NW * 32)
+bwd_dq_tc(void *dq, int32_t dq_dtype, const uint16_t *__restrict__ q, const uint16_t *__restrict__ k,
+          const uint16_t *__restrict__ v, const uint16_t *__restrict__ dout, const float *__restrict__ lse,
+          const float *__restrict__ dvec, int T, int H, int Hkv, float scale_log2, float scale) {
+  constexpr int WR = 16 * RM, BM = WR * NW, SD = D + 8, NT = NW * 32;
+  uint16_t *sQ = (uint16_t *)attn_smem, *sO = sQ + BM * SD, *sK = sO + BM * SD, *sV = sK + 2 * BN * SD;
+  const int mb = gridDim.x - 1 - blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, g = h / (H / Hkv);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, m0 = mb * BM;
+  const int64_t qld = (int64_t)H * D, kld = (int64_t)Hkv * D;
+  const uint16_t *qb = q + ((int64_t)b * T * H + h) * D, *ob = dout + ((int64_t)b * T * H + h) * D;
+  const uint16_t *kb = k + ((int64_t)b * T * Hkv + g) * D, *vb = v + ((int64_t)b * T * Hkv + g) * D;
+  const int kv_end = min(T, m0 + BM), nblocks = (kv_end + BN - 1) / BN;
+
+  load_tile<BM, D, NT>(sQ, qb + (int64_t)m0 * qld, qld, T - m0);
+  load_tile<BM, D, NT>(sO, ob + (int64_t)m0 * qld, qld, T - m0);
+  load_tile<BN, D, NT>(sK, kb, kld, T);
+  load_tile<BN, D, NT>(sV, vb, kld, T);
+  cp_async_commit();
+
+  const int row0 = m0 + warp * WR + lane / 4, warp_row_min = m0 + warp * WR, warp_row_max = warp_row_min + WR - 1;
+  float lse2[RM][2], dd[RM][2], acc[RM][D / 8][4];
+#pragma unroll
+  for (int r = 0; r < RM; r++) {
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+      const int row = row0 + r * 16 + rr * 8;
+      const int64_t at = ((int64_t)b * H + h) * T + row;
+      lse2[r][rr] = row < T ? lse[at] * kLog2e : 0.f;
+      dd[r][rr] = row < T ? dvec[at] : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0;
+  }
+
+  for (int n = 0; n < nblocks; n++) {
+    const int buf = n & 1;
+    if (n + 1 < nblocks) {
+      int next = (n + 1) * BN;
+      load_tile<BN, D, NT>(sK + (buf ^ 1) * BN * SD, kb + (int64_t)next * kld, kld, T - next);
+      load_tile<BN, D, NT>(sV + (buf ^ 1) * BN * SD, vb + (int64_t)next * kld, kld, T - next);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (n * BN <= warp_row_max) {
+      const uint16_t *cK = sK + buf * BN * SD, *cV = sV + buf * BN * SD;
+      float p[RM][BN / 8][4], dp[RM][BN / 8][4];
+      warp_gemm_abt<D, RM, BN / 8>(p, sQ + warp * WR * SD, cK, lane);
+      warp_gemm_abt<D, RM, BN / 8>(dp, sO + warp * WR * SD, cV, lane);
+      const bool masked = n * BN + BN - 1 > warp_row_min;
+#pragma unroll
+      for (int r = 0; r < RM; r++)
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int rr = e >> 1;
+            float pe = fast_exp2(p[r][j][e] * scale_log2 - lse2[r][rr]);
+            if (masked && n * BN + j * 8 + (lane % 4) * 2 + (e & 1) > row0 + r * 16 + rr * 8) pe = 0;
+            p[r][j][e] = pe * (dp[r][j][e] - dd[r][rr]);   /* dS */
+          }
+      warp_gemm_pb<D, RM, BN / 16>(acc, p, cK, lane);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int r = 0; r < RM; r++)
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+      const int row = row0 + r * 16 + rr * 8;
+      if (row >= T) continue;
+      const int64_t base = (((int64_t)b * T + row) * H + h) * D + (lane % 4) * 2;
+#pragma unroll
+      for (int jd = 0; jd < D / 8; jd++)
+        store2(dq, dq_dtype, base + jd * 8, acc[r][jd][2 * rr] * scale, acc[r][jd][2 * rr + 1] * scale);
+    }
+}
+
+/* dK, dV: block of BN = 16 RM NW keys of one (batch, KV head), WK = 16 RM per warp; loops over the heads
+ * of the group, then the query blocks (BM queries, double-buffered) from the diagonal on, in that fixed
+ * order. Per block, transposed: S^T = K Q^T, P^T = exp(S^T - lse), dP^T = V dO^T, dV += P^T dO,
+ * dS^T = P^T (dP^T - D), dK += dS^T Q; dk = scale dK. Grid (ceil(T/BN), B*Hkv), the longest (first)
+ * key blocks first. */
+template <int D, int NW, int RM, int BM>
+__global__ void __launch_bounds__(NW * 32)
+bwd_dkdv_tc(void *dk, int32_t dk_dtype, void *dv, int32_t dv_dtype, const uint16_t *__restrict__ q,
+            const uint16_t *__restrict__ k, const uint16_t *__restrict__ v, const uint16_t *__restrict__ dout,
+            const float *__restrict__ lse, const float *__restrict__ dvec, int T, int H, int Hkv, float scale_log2,
+            float scale) {
+  constexpr int WK = 16 * RM, BN = WK * NW, SD = D + 8, NT = NW * 32;
+  uint16_t *sK = (uint16_t *)attn_smem, *sV = sK + BN * SD, *sQ = sV + BN * SD, *sO = sQ + 2 * BM * SD;
+  float *sL = (float *)(sO + 2 * BM * SD), *sD = sL + 2 * BM;
+  const int nb = blockIdx.x, bg = blockIdx.y, b = bg / Hkv, g = bg % Hkv, group = H / Hkv;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n0 = nb * BN;
+  const int64_t qld = (int64_t)H * D, kld = (int64_t)Hkv * D;
+  const uint16_t *kb = k + ((int64_t)b * T * Hkv + g) * D, *vb = v + ((int64_t)b * T * Hkv + g) * D;
+  const int m_first = n0 / BM, m_count = (T + BM - 1) / BM - m_first, iters = group * m_count;
+
+  /* Stages query block `it` (head, block) into buffer buf, all by cp.async: Q, dO, lse and D (0 past T,
+   * where the mask zeroes P anyway). */
+  auto stage = [&](int it, int buf) {
+    const int h = g * group + it / m_count, m0 = (m_first + it % m_count) * BM;
+    const int64_t off = ((int64_t)b * T * H + h) * D + (int64_t)m0 * qld;
+    load_tile<BM, D, NT>(sQ + buf * BM * SD, q + off, qld, T - m0);
+    load_tile<BM, D, NT>(sO + buf * BM * SD, dout + off, qld, T - m0);
+    for (int i = threadIdx.x; i < BM; i += NT) {
+      const int t = m0 + i;
+      const int64_t at = ((int64_t)b * H + h) * T + (t < T ? t : 0);
+      cp_async4(sL + buf * BM + i, lse + at, t < T);
+      cp_async4(sD + buf * BM + i, dvec + at, t < T);
+    }
+  };
+
+  load_tile<BN, D, NT>(sK, kb + (int64_t)n0 * kld, kld, T - n0);
+  load_tile<BN, D, NT>(sV, vb + (int64_t)n0 * kld, kld, T - n0);
+  stage(0, 0);
+  cp_async_commit();
+
+  float dK[RM][D / 8][4], dV[RM][D / 8][4];
+#pragma unroll
+  for (int r = 0; r < RM; r++)
+#pragma unroll
+    for (int j = 0; j < D / 8; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) dK[r][j][e] = dV[r][j][e] = 0;
+  const int key0 = n0 + warp * WK + lane / 4, warp_key_min = n0 + warp * WK, warp_key_max = warp_key_min + WK - 1;
+
+  for (int it = 0; it < iters; it++) {
+    const int buf = it & 1, m0 = (m_first + it % m_count) * BM;
+    if (it + 1 < iters) {
+      stage(it + 1, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (warp_key_min <= m0 + BM - 1 && warp_key_min < T) {   /* else no query of the block sees these keys */
+      const uint16_t *cQ = sQ + buf * BM * SD, *cO = sO + buf * BM * SD;
+      const float *cL = sL + buf * BM, *cD = sD + buf * BM;
+      float p[RM][BM / 8][4], dp[RM][BM / 8][4];
+      warp_gemm_abt<D, RM, BM / 8>(p, sK + warp * WK * SD, cQ, lane);
+      warp_gemm_abt<D, RM, BM / 8>(dp, sV + warp * WK * SD, cO, lane);
+      const bool masked = warp_key_max > m0 || m0 + BM > T;
+#pragma unroll
+      for (int r = 0; r < RM; r++)
+#pragma unroll
+        for (int j = 0; j < BM / 8; j++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int c = j * 8 + (lane % 4) * 2 + (e & 1);   /* query within the block */
+            float pe = fast_exp2(p[r][j][e] * scale_log2 - cL[c] * kLog2e);
+            if (masked && (key0 + r * 16 + (e >> 1) * 8 > m0 + c || m0 + c >= T)) pe = 0;
+            p[r][j][e] = pe;
+            dp[r][j][e] = pe * (dp[r][j][e] - cD[c]);   /* dS^T */
+          }
+      warp_gemm_pb<D, RM, BM / 16>(dV, p, cO, lane);
+      warp_gemm_pb<D, RM, BM / 16>(dK, dp, cQ, lane);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int r = 0; r < RM; r++)
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+      const int key = key0 + r * 16 + rr * 8;
+      if (key >= T) continue;
+      const int64_t base = (((int64_t)b * T + key) * Hkv + g) * D + (lane % 4) * 2;
+#pragma unroll
+      for (int jd = 0; jd < D / 8; jd++) {
+        store2(dk, dk_dtype, base + jd * 8, dK[r][jd][2 * rr] * scale, dK[r][jd][2 * rr + 1] * scale);
+        store2(dv, dv_dtype, base + jd * 8, dV[r][jd][2 * rr], dV[r][jd][2 * rr + 1]);
+      }
+    }
+}
+
+/* ---------------------------------------------------------------- plain fp32 path
+ * 128 threads per row; each thread owns head dims tid, tid+128, ... (up to 8 of them: Dh <= 1024). */
+constexpr int kGT = 128, kGPer = 8;
+
+/* Sum (or max) over the block, the same value in every thread; deterministic (fixed tree). */
+template <bool MAX>
+__device__ __forceinline__ float block_reduce(float x, float *red) {
+#pragma unroll
+  for (int o = 16; o; o >>= 1) {
+    float y = __shfl_xor_sync(0xffffffffu, x, o);
+    x = MAX ? fmaxf(x, y) : x + y;
+  }
+  __syncthreads();   /* red's previous readers are done */
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = x;
+  __syncthreads();
+  float r = red[0];
+#pragma unroll
+  for (int w = 1; w < kGT / 32; w++) r = MAX ? fmaxf(r, red[w]) : r + red[w];
+  return r;
+}
+
+struct ftensor {   /* a tensor's data and dtype, for the plain path's loads */
+  const void *p;
+  int32_t dt;
+};
+__device__ __forceinline__ float ld(ftensor t, int64_t i) { return f2_load<float>(t.p, t.dt, i); }
+
+/* Forward and decode: block (query i, batch*head). Query i is at position n_past + i and sees keys
+ * 0 .. n_past+i of k/v [B,Tkv,Hkv,D]. */
+__global__ void __launch_bounds__(kGT)
+fwd_plain(void *out, int32_t out_dtype, float *lse, ftensor q, ftensor k, ftensor v, int Tq, int Tkv, int H, int Hkv,
+          int D, int64_t n_past, float scale) {
+  float *sq = (float *)attn_smem, *sp = sq + D, *red = sp + kGT;
+  const int i = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, g = h / (H / Hkv), tid = threadIdx.x;
+  const int64_t qoff = (((int64_t)b * Tq + i) * H + h) * D, kbase = ((int64_t)b * Tkv * Hkv + g) * D,
+                kld = (int64_t)Hkv * D, nkeys = n_past + i + 1;
+  for (int d = tid; d < D; d += kGT) sq[d] = ld(q, qoff + d);
+  __syncthreads();
+  float o[kGPer] = {}, m = -INFINITY, l = 0;
+  for (int64_t j0 = 0; j0 < nkeys; j0 += kGT) {
+    const int64_t j = j0 + tid;
+    float s = -INFINITY;
+    if (j < nkeys) {
+      float dot = 0;
+      for (int d = 0; d < D; d++) dot += sq[d] * ld(k, kbase + j * kld + d);
+      s = dot * scale;
+    }
+    const float mnew = fmaxf(m, block_reduce<true>(s, red));   /* finite: key j0 is in range */
+    const float alpha = expf(m - mnew), p = j < nkeys ? expf(s - mnew) : 0.f;
+    sp[tid] = p;
+    l = l * alpha + block_reduce<false>(p, red);   /* its barriers publish sp */
+    m = mnew;
+    const int nj = (int)min((int64_t)kGT, nkeys - j0);
+#pragma unroll
+    for (int c = 0; c < kGPer; c++) {
+      const int d = tid + c * kGT;
+      if (d >= D) break;
+      float acc = o[c] * alpha;
+      for (int jj = 0; jj < nj; jj++) acc += sp[jj] * ld(v, kbase + (j0 + jj) * kld + d);
+      o[c] = acc;
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < kGPer; c++) {
+    const int d = tid + c * kGT;
+    if (d < D) f2_store<float>(out, out_dtype, qoff + d, o[c] / l);
+  }
+  if (lse && tid == 0) lse[((int64_t)b * H + h) * Tq + i] = m + logf(l);
+}
+
+/* dq: block (query i, batch*head): dq_i = scale sum_j p_ij (dout_i . v_j - D_i) k_j, j = 0..i. */
+__global__ void __launch_bounds__(kGT)
+bwd_dq_plain(void *dq, int32_t dq_dtype, ftensor q, ftensor k, ftensor v, ftensor dout, const float *lse,
+             const float *dvec, int T, int H, int Hkv, int D, float scale) {
+  float *sq = (float *)attn_smem, *so = sq + D, *sds = so + D;
+  const int i = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, g = h / (H / Hkv), tid = threadIdx.x;
+  const int64_t qoff = (((int64_t)b * T + i) * H + h) * D, kbase = ((int64_t)b * T * Hkv + g) * D,
+                kld = (int64_t)Hkv * D, at = ((int64_t)b * H + h) * T + i;
+  for (int d = tid; d < D; d += kGT) {
+    sq[d] = ld(q, qoff + d);
+    so[d] = ld(dout, qoff + d);
+  }
+  const float lse_i = lse[at], d_i = dvec[at];
+  float acc[kGPer] = {};
+  for (int j0 = 0; j0 <= i; j0 += kGT) {
+    const int j = j0 + tid;
+    __syncthreads();   /* sq/so written; sds's previous readers done */
+    float ds = 0;
+    if (j <= i) {
+      float s = 0, dp = 0;
+      for (int d = 0; d < D; d++) {
+        s += sq[d] * ld(k, kbase + j * kld + d);
+        dp += so[d] * ld(v, kbase + j * kld + d);
+      }
+      ds = expf(s * scale - lse_i) * (dp - d_i);
+    }
+    sds[tid] = ds;
+    __syncthreads();
+    const int nj = min(kGT, i + 1 - j0);
+#pragma unroll
+    for (int c = 0; c < kGPer; c++) {
+      const int d = tid + c * kGT;
+      if (d >= D) break;
+      float a = acc[c];
+      for (int jj = 0; jj < nj; jj++) a += sds[jj] * ld(k, kbase + (j0 + jj) * kld + d);
+      acc[c] = a;
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < kGPer; c++) {
+    const int d = tid + c * kGT;
+    if (d < D) f2_store<float>(dq, dq_dtype, qoff + d, acc[c] * scale);
+  }
+}
+
+/* dk, dv: block (key j, batch*kv head), over the group's heads, then queries i = j..T-1 in order:
+ * dv_j = sum p_ij dout_i, dk_j = scale sum p_ij (dout_i . v_j - D_i) q_i. */
+__global__ void __launch_bounds__(kGT)
+bwd_dkdv_plain(void *dk, int32_t dk_dtype, void *dv, int32_t dv_dtype, ftensor q, ftensor k, ftensor v, ftensor dout,
+               const float *lse, const float *dvec, int T, int H, int Hkv, int D, float scale) {
+  float *sk = (float *)attn_smem, *sv = sk + D, *sp = sv + D, *sds = sp + kGT;
+  const int j = blockIdx.x, bg = blockIdx.y, b = bg / Hkv, g = bg % Hkv, group = H / Hkv, tid = threadIdx.x;
+  const int64_t koff = (((int64_t)b * T + j) * Hkv + g) * D, qld = (int64_t)H * D;
+  for (int d = tid; d < D; d += kGT) {
+    sk[d] = ld(k, koff + d);
+    sv[d] = ld(v, koff + d);
+  }
+  float ak[kGPer] = {}, av[kGPer] = {};
+  for (int h = g * group; h < (g + 1) * group; h++) {
+    const int64_t qbase = ((int64_t)b * T * H + h) * D, lbase = ((int64_t)b * H + h) * T;
+    for (int i0 = j; i0 < T; i0 += kGT) {
+      const int i = i0 + tid;
+      __syncthreads();
+      float p = 0, ds = 0;
+      if (i < T) {
+        float s = 0, dp = 0;
+        for (int d = 0; d < D; d++) {
+          s += ld(q, qbase + i * qld + d) * sk[d];
+          dp += ld(dout, qbase + i * qld + d) * sv[d];
+        }
+        p = expf(s * scale - lse[lbase + i]);
+        ds = p * (dp - dvec[lbase + i]);
+      }
+      sp[tid] = p;
+      sds[tid] = ds;
+      __syncthreads();
+      const int ni = min(kGT, T - i0);
+#pragma unroll
+      for (int c = 0; c < kGPer; c++) {
+        const int d = tid + c * kGT;
+        if (d >= D) break;
+        float a = ak[c], w = av[c];
+        for (int ii = 0; ii < ni; ii++) {
+          const int64_t at = qbase + (i0 + ii) * qld + d;
+          a += sds[ii] * ld(q, at);
+          w += sp[ii] * ld(dout, at);
+        }
+        ak[c] = a;
+        av[c] = w;
+      }
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < kGPer; c++) {
+    const int d = tid + c * kGT;
+    if (d >= D) break;
+    f2_store<float>(dk, dk_dtype, koff + d, ak[c] * scale);
+    f2_store<float>(dv, dv_dtype, koff + d, av[c]);
+  }
+}
+
+/* ---------------------------------------------------------------- host side */
+
+struct dims {
+  int64_t B, T, H, Hkv, D;
+};
+dims dims_of(const f2_tensor *q, const f2_tensor *k) {
+  return {q->shape[0], q->shape[1], q->shape[2], k->shape[2], q->shape[3]};
+}
+
+/* Sizes the kernels index with 32-bit ints and grid dimensions (batch*heads is gridDim.y). */
+int check_sizes(const char *op, dims d) {
+  if (d.T > INT32_MAX / 2 || d.D > 1024)
+    return F2_FAIL(F2_ERR_UNSUPPORTED, "%s: seq %lld / head_dim %lld too large for the CUDA kernels", op,
+                   (long long)d.T, (long long)d.D);
+  if (d.B * d.H > 65535)
+    return F2_FAIL(F2_ERR_UNSUPPORTED, "%s: batch*heads = %lld above the CUDA grid's 65535", op,
+                   (long long)(d.B * d.H));
+  return F2_OK;
+}
+
+bool aligned16(const f2_tensor *t) { return ((uintptr_t)t->data & 15) == 0; }
+
+/* The tensor-core path takes bf16 operands (in), head_dim 64 or 128, and 16-byte aligned data for the
+ * operands' cp.async and the outputs' (out) paired stores. */
+bool use_tc(dims d, const f2_tensor *const *in, int n_in, const f2_tensor *const *out, int n_out) {
+  if (d.D != 64 && d.D != 128) return false;
+  for (int i = 0; i < n_in; i++)
+    if (in[i]->dtype != F2_BF16 || !aligned16(in[i])) return false;
+  for (int i = 0; i < n_out; i++)
+    if (out[i] && !aligned16(out[i])) return false;
+  return true;
+}
+
+/* Opts a kernel into more than 48 KiB of dynamic shared memory (once per kernel). */
+template <typename K>
+int smem_opt_in(K kernel, size_t bytes, bool &done) {
+  if (!done && bytes > 48 * 1024) {
+    F2_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+  }
+  done = true;
+  return F2_OK;
+}
+
+const uint16_t *u16(const f2_tensor *t) { return (const uint16_t *)t->data; }
+ftensor ft(const f2_tensor *t) { return {t->data, t->dtype}; }
+
+/* Tile shapes per head dim, all with NW = 4 warps: the forward's and dQ's RM (16-row tiles per warp) and
+ * BN (keys per block); dK/dV's RM (16-key tiles per warp) and BM (queries per block). More rows per warp
+ * reuse each B fragment read from shared memory more often; the accumulators must stay in registers. */
+template <int D>
+struct tc_config;
+template <>
+struct tc_config<64> {
+  static constexpr int NW = 4, FWD_RM = 2, FWD_BN = 64, DQ_RM = 2, DQ_BN = 32, KV_RM = 2, KV_BM = 32;
+};
+template <>
+struct tc_config<128> {
+  static constexpr int NW = 4, FWD_RM = 2, FWD_BN = 32, DQ_RM = 1, DQ_BN = 64, KV_RM = 1, KV_BM = 32;
+};
+
+template <int D>
+int launch_fwd_tc(f2_tensor *out, f2_tensor *lse, const f2_tensor *q, const f2_tensor *k, const f2_tensor *v,
+                  dims d, float scale) {
+  using C = tc_config<D>;
+  constexpr int BM = 16 * C::FWD_RM * C::NW;
+  const size_t smem = (size_t)(BM + 4 * C::FWD_BN) * (D + 8) * sizeof(uint16_t);
+  auto kernel = fwd_tc<D, C::NW, C::FWD_RM, C::FWD_BN>;
+  static bool opted;
+  F2_TRY(smem_opt_in(kernel, smem, opted));
+  dim3 grid((unsigned)((d.T + BM - 1) / BM), (unsigned)(d.B * d.H));
+  kernel<<<grid, C::NW * 32, smem, f2_cuda_stream()>>>(out->data, out->dtype, lse ? (float *)lse->data : nullptr,
+                                                       u16(q), u16(k), u16(v), (int)d.T, (int)d.H, (int)d.Hkv,
+                                                       scale * kLog2e);
+  F2_CUDA_CHECK_LAUNCH("attention forward (tensor cores)");
+  return F2_OK;
+}
+
+template <int D>
+int launch_bwd_tc(f2_tensor *dq, f2_tensor *dk, f2_tensor *dv, const f2_tensor *dout, const f2_tensor *q,
+                  const f2_tensor *k, const f2_tensor *v, const f2_tensor *lse, const float *dvec, dims d,
+                  float scale) {
+  using C = tc_config<D>;
+  constexpr int BM = 16 * C::DQ_RM * C::NW, BN = 16 * C::KV_RM * C::NW;
+  const size_t smem_dq = (size_t)(2 * BM + 4 * C::DQ_BN) * (D + 8) * sizeof(uint16_t);
+  const size_t smem_kv =
+      (size_t)(2 * BN + 4 * C::KV_BM) * (D + 8) * sizeof(uint16_t) + 4 * C::KV_BM * sizeof(float);
+  auto kernel_dq = bwd_dq_tc<D, C::NW, C::DQ_RM, C::DQ_BN>;
+  auto kernel_kv = bwd_dkdv_tc<D, C::NW, C::KV_RM, C::KV_BM>;
+  static bool opted_dq, opted_kv;
+  F2_TRY(smem_opt_in(kernel_dq, smem_dq, opted_dq));
+  F2_TRY(smem_opt_in(kernel_kv, smem_kv, opted_kv));
+  const float *l = (const float *)lse->data;
+  dim3 grid_kv((unsigned)((d.T + BN - 1) / BN), (unsigned)(d.B * d.Hkv));
+  kernel_kv<<<grid_kv, C::NW * 32, smem_kv, f2_cuda_stream()>>>(dk->data, dk->dtype, dv->data, dv->dtype, u16(q),
+                                                                u16(k), u16(v), u16(dout), l, dvec, (int)d.T,
+                                                                (int)d.H, (int)d.Hkv, scale * kLog2e, scale);
+  F2_CUDA_CHECK_LAUNCH("attention backward dK/dV (tensor cores)");
+  dim3 grid_q((unsigned)((d.T + BM - 1) / BM), (unsigned)(d.B * d.H));
+  kernel_dq<<<grid_q, C::NW * 32, smem_dq, f2_cuda_stream()>>>(dq->data, dq->dtype, u16(q), u16(k), u16(v),
+                                                               u16(dout), l, dvec, (int)d.T, (int)d.H, (int)d.Hkv,
+                                                               scale * kLog2e, scale);
+  F2_CUDA_CHECK_LAUNCH("attention backward dQ (tensor cores)");
+  return F2_OK;
+}
+
+}  // namespace
+
+extern "C" int f2_cuda_attention_forward(f2_tensor *out, f2_tensor *lse, const f2_tensor *q, const f2_tensor *k,
+                                         const f2_tensor *v, float scale) {
+  const char *op = "f2_attention_forward";
+  dims d = dims_of(q, k);
+  if (d.B * d.H * d.T == 0) return F2_OK;
+  F2_TRY(check_sizes(op, d));
+  const f2_tensor *in[] = {q, k, v}, *outs[] = {out, lse};
+  if (use_tc(d, in, 3, outs, 2)) {
+    if (d.D == 64) return launch_fwd_tc<64>(out, lse, q, k, v, d, scale);
+    return launch_fwd_tc<128>(out, lse, q, k, v, d, scale);
+  }
+  dim3 grid((unsigned)d.T, (unsigned)(d.B * d.H));
+  size_t smem = (d.D + kGT + 32) * sizeof(float);
+  fwd_plain<<<grid, kGT, smem, f2_cuda_stream()>>>(out->data, out->dtype, lse ? (float *)lse->data : nullptr, ft(q),
+                                                   ft(k), ft(v), (int)d.T, (int)d.T, (int)d.H, (int)d.Hkv, (int)d.D, 0,
+                                                   scale);
+  F2_CUDA_CHECK_LAUNCH("attention forward");
+  return F2_OK;
+}
+
+extern "C" int f2_cuda_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tensor *dv, const f2_tensor *dout,
+                                          const f2_tensor *q, const f2_tensor *k, const f2_tensor *v,
+                                          const f2_tensor *out, const f2_tensor *lse, float scale) {
+  const char *op = "f2_attention_backward";
+  dims d = dims_of(q, k);
+  if (d.B * d.H * d.T == 0) return F2_OK;
+  F2_TRY(check_sizes(op, d));
+  int64_t rows = d.B * d.T * d.H;
+  float *dvec = nullptr;
+  F2_TRY(f2_cuda_alloc((void **)&dvec, (size_t)rows * sizeof(float)));
+  int rc = F2_OK;
+  bwd_rowdot<<<f2_blocks(rows, 8), 256, 0, f2_cuda_stream()>>>(dvec, dout->data, dout->dtype, out->data, out->dtype,
+                                                               rows, (int)d.T, (int)d.H, (int)d.D);
+  cudaError_t e = cudaGetLastError();
+  const f2_tensor *in[] = {q, k, v, dout}, *outs[] = {dq, dk, dv};
+  if (e != cudaSuccess) {
+    rc = F2_FAIL(F2_ERR_CUDA, "%s: launch of the D = rowsum(dout * out) kernel failed: %s", op, cudaGetErrorString(e));
+  } else if (use_tc(d, in, 4, outs, 3)) {
+    rc = d.D == 64 ? launch_bwd_tc<64>(dq, dk, dv, dout, q, k, v, lse, dvec, d, scale)
+                   : launch_bwd_tc<128>(dq, dk, dv, dout, q, k, v, lse, dvec, d, scale);
+  } else {
+    const float *l = (const float *)lse->data;
+    bwd_dq_plain<<<dim3((unsigned)d.T, (unsigned)(d.B * d.H)), kGT, (2 * d.D + kGT) * sizeof(float),
+                   f2_cuda_stream()>>>(dq->data, dq->dtype, ft(q), ft(k), ft(v), ft(dout), l, dvec, (int)d.T,
+                                       (int)d.H, (int)d.Hkv, (int)d.D, scale);
+    e = cudaGetLastError();
+    if (e == cudaSuccess)
+      bwd_dkdv_plain<<<dim3((unsigned)d.T, (unsigned)(d.B * d.Hkv)), kGT, (2 * d.D + 2 * kGT) * sizeof(float),
+                       f2_cuda_stream()>>>(dk->data, dk->dtype, dv->data, dv->dtype, ft(q), ft(k), ft(v), ft(dout), l,
+                                           dvec, (int)d.T, (int)d.H, (int)d.Hkv, (int)d.D, scale);
+    if (e == cudaSuccess) e = cudaGetLastError();
+    if (e != cudaSuccess) rc = F2_FAIL(F2_ERR_CUDA, "%s: kernel launch failed: %s", op, cudaGetErrorString(e));
+  }
+  f2_cuda_free(dvec);   /* stream-ordered: the kernels above finish with it first */
+  return rc;
+}
+
+extern "C" int f2_cuda_attention_decode(f2_tensor *out, const f2_tensor *q, const f2_tensor *k_cache,
+                                        const f2_tensor *v_cache, int64_t n_past, float scale) {
+  const char *op = "f2_attention_decode";
+  dims d = dims_of(q, k_cache);
+  int64_t max_len = k_cache->shape[1];
+  if (d.B * d.H * d.T == 0) return F2_OK;
+  F2_TRY(check_sizes(op, d));
+  if (max_len > INT32_MAX / 2) return F2_FAIL(F2_ERR_UNSUPPORTED, "%s: cache of %lld positions too long", op, (long long)max_len);
+  dim3 grid((unsigned)d.T, (unsigned)(d.B * d.H));
+  size_t smem = (d.D + kGT + 32) * sizeof(float);
+  fwd_plain<<<grid, kGT, smem, f2_cuda_stream()>>>(out->data, out->dtype, nullptr, ft(q), ft(k_cache), ft(v_cache),
+                                                   (int)d.T, (int)max_len, (int)d.H, (int)d.Hkv, (int)d.D, n_past,
+                                                   scale);
+  F2_CUDA_CHECK_LAUNCH("attention decode");
+  return F2_OK;
+}

@@ -1,0 +1,225 @@
+/* test_gpu_attention.c — causal GQA attention on CUDA (kernels/attention.cu) against the CPU reference
+ * (the same f2_attention_* calls on CPU tensors) on fresh random inputs (seed printed): forward out and
+ * lse, backward dq dk dv, decode against a KV cache. f32 and bf16 (the bf16 head dims 64 and 128 take
+ * the tensor-core kernels, others the plain fp32 path), T in {1, 17, 64, 129, 300} and longer, grouped
+ * and plain heads, f32 and bf16 outputs and gradients, mixed input dtypes; backward and forward run
+ * twice must give the same bits. Errors are measured against the largest magnitude of the reference
+ * (fp32 1e-4, bf16 2e-2: P and dS go through bf16 GEMMs). Each failure prints the count of bad
+ * elements, the first (index and coordinates, got vs want) and the max error. F2_TEST_VERBOSE=1 prints
+ * every compare. Exit 77 without a GPU. */
+#include <string.h>
+
+#include "f2test.h"
+
+static uint64_t seed;
+static int verbose;
+
+static f2_tensor *new_tensor(int32_t dtype, int32_t device, int ndim, const int64_t *shape) {
+  f2_tensor *t = f2_tensor_new(dtype, device, ndim, shape);
+  if (!t) {
+    fprintf(stderr, "f2_tensor_new failed: %s\n", f2_last_error());
+    exit(1);
+  }
+  return t;
+}
+
+/* t's values in a new tensor of the given dtype and device (f2_copy: transfer and cast). */
+static f2_tensor *copy_as(const f2_tensor *t, int32_t dtype, int32_t device) {
+  f2_tensor *c = new_tensor(dtype, device, t->ndim, t->shape);
+  if (f2_copy(c, t) != F2_OK) {
+    fprintf(stderr, "f2_copy failed: %s\n", f2_last_error());
+    exit(1);
+  }
+  return c;
+}
+
+/* Normal(0, std) values drawn in f32 on the CPU, rounded to dtype (CPU tensor). */
+static f2_tensor *rand_cpu(int32_t dtype, int ndim, const int64_t *shape, double std) {
+  f2_tensor *f = new_tensor(F2_F32, F2_CPU, ndim, shape);
+  CHECK_OK(f2_rand_normal(f, seed++, 0, std));
+  f2_tensor *c = copy_as(f, dtype, F2_CPU);
+  f2_tensor_free(f);
+  return c;
+}
+
+static void coords_text(char *buf, size_t size, const f2_tensor *t, int64_t i) {
+  int64_t idx[8];
+  for (int d = t->ndim - 1; d >= 0; d--) {
+    idx[d] = i % t->shape[d];
+    i /= t->shape[d];
+  }
+  int n = snprintf(buf, size, "[");
+  for (int d = 0; d < t->ndim && n < (int)size; d++) n += snprintf(buf + n, size - n, d ? ",%lld" : "%lld", (long long)idx[d]);
+  if (n < (int)size) snprintf(buf + n, size - n, "]");
+}
+
+/* got (any device, dtype) vs want: every |got - want| <= tol * max|want| (NaN only where want is NaN). */
+static void compare(const char *label, const char *what, const f2_tensor *got, const f2_tensor *want, double tol) {
+  f2_tensor *g = copy_as(got, F2_F32, F2_CPU), *w = copy_as(want, F2_F32, F2_CPU);
+  const float *gv = g->data, *wv = w->data;
+  int64_t n = f2_tensor_numel(w), bad = 0, first = -1;
+  double max_want = 0, max_err = 0;
+  for (int64_t i = 0; i < n; i++)
+    if (fabs(wv[i]) > max_want) max_want = fabs(wv[i]);
+  double bound = tol * (max_want > 0 ? max_want : 1);
+  for (int64_t i = 0; i < n; i++) {
+    double err = fabs((double)gv[i] - wv[i]);
+    int ok = isnan(wv[i]) ? isnan(gv[i]) : err <= bound;
+    if (!ok) {
+      if (first < 0) first = i;
+      bad++;
+    }
+    if (!(err <= max_err)) max_err = err;   /* NaN counts as the largest */
+  }
+  if (bad) {
+    char at[96];
+    coords_text(at, sizeof at, w, first);
+    CHECK(bad == 0, "%s %s: %lld of %lld elements off by more than %.3g (%g x max |want| %.4g); first at %lld %s: "
+                    "got %.7g want %.7g; max abs err %.3g = %.3g x max |want|",
+          label, what, (long long)bad, (long long)n, bound, tol, max_want, (long long)first, at, gv[first], wv[first],
+          max_err, max_want > 0 ? max_err / max_want : max_err);
+  } else {
+    f2t_passed++;
+    if (verbose)
+      printf("ok %s %s: n=%lld, max abs err %.3g = %.3g x max |want| %.4g\n", label, what, (long long)n, max_err,
+             max_want > 0 ? max_err / max_want : max_err, max_want);
+  }
+  f2_tensor_free(g);
+  f2_tensor_free(w);
+}
+
+/* Two GPU results must be bit for bit equal. */
+static void compare_bits(const char *label, const char *what, const f2_tensor *a, const f2_tensor *b) {
+  f2_tensor *ha = copy_as(a, a->dtype, F2_CPU), *hb = copy_as(b, b->dtype, F2_CPU);
+  size_t n = f2_tensor_nbytes(ha), esz = f2_dtype_size(ha->dtype), first = n;
+  const unsigned char *pa = ha->data, *pb = hb->data;
+  for (size_t i = 0; i < n && first == n; i++)
+    if (pa[i] != pb[i]) first = i;
+  CHECK(first == n, "%s %s: two runs differ, first at element %zu", label, what, first / esz);
+  f2_tensor_free(ha);
+  f2_tensor_free(hb);
+}
+
+static double tol_for(int32_t dtype) { return dtype == F2_BF16 ? 2e-2 : 1e-4; }
+
+typedef struct {
+  int64_t B, T, H, Hkv, D;
+  int32_t q_dtype, kv_dtype;   /* inputs (q and dout; k and v) */
+  int32_t out_dtype, grad_dtype;
+  double q_std;                /* larger: sharper softmax */
+  float scale;
+} attn_case;
+
+static void run_case(attn_case c) {
+  char label[160];
+  snprintf(label, sizeof label, "[B=%lld T=%lld H=%lld/%lld D=%lld q %s kv %s out %s grads %s q_std %g]",
+           (long long)c.B, (long long)c.T, (long long)c.H, (long long)c.Hkv, (long long)c.D, f2_dtype_name(c.q_dtype),
+           f2_dtype_name(c.kv_dtype), f2_dtype_name(c.out_dtype), f2_dtype_name(c.grad_dtype), c.q_std);
+  if (verbose) printf("case %s\n", label);
+  int64_t qs[4] = {c.B, c.T, c.H, c.D}, ks[4] = {c.B, c.T, c.Hkv, c.D}, ls[3] = {c.B, c.H, c.T};
+  f2_tensor *q = rand_cpu(c.q_dtype, 4, qs, c.q_std), *k = rand_cpu(c.kv_dtype, 4, ks, 1.0);
+  f2_tensor *v = rand_cpu(c.kv_dtype, 4, ks, 1.0), *dout = rand_cpu(c.q_dtype, 4, qs, 1.0);
+  f2_tensor *gq = copy_as(q, q->dtype, F2_CUDA), *gk = copy_as(k, k->dtype, F2_CUDA);
+  f2_tensor *gv = copy_as(v, v->dtype, F2_CUDA), *gdout = copy_as(dout, dout->dtype, F2_CUDA);
+  double tol = tol_for(c.q_dtype == F2_BF16 || c.kv_dtype == F2_BF16 ? F2_BF16 : F2_F32);
+
+  /* Forward: CPU reference in f32, GPU into out_dtype; then again for the bits. */
+  f2_tensor *out = new_tensor(F2_F32, F2_CPU, 4, qs), *lse = new_tensor(F2_F32, F2_CPU, 3, ls);
+  f2_tensor *gout = new_tensor(c.out_dtype, F2_CUDA, 4, qs), *glse = new_tensor(F2_F32, F2_CUDA, 3, ls);
+  f2_tensor *gout2 = new_tensor(c.out_dtype, F2_CUDA, 4, qs), *glse2 = new_tensor(F2_F32, F2_CUDA, 3, ls);
+  CHECK_OK(f2_attention_forward(out, lse, q, k, v, c.scale));
+  CHECK_OK(f2_attention_forward(gout, glse, gq, gk, gv, c.scale));
+  CHECK_OK(f2_attention_forward(gout2, glse2, gq, gk, gv, c.scale));
+  compare(label, "forward out", gout, out, c.out_dtype == F2_BF16 ? 2e-2 : tol);
+  compare(label, "forward lse", glse, lse, tol == 1e-4 ? 1e-5 : 1e-3);   /* scores are exact products: tight */
+  compare_bits(label, "forward out", gout, gout2);
+  compare_bits(label, "forward lse", glse, glse2);
+  CHECK_OK(f2_attention_forward(gout2, NULL, gq, gk, gv, c.scale));   /* lse not wanted */
+  compare_bits(label, "forward out without lse", gout, gout2);
+
+  /* Backward from the same out (the CPU's, rounded to q's dtype) and lse on both sides. */
+  f2_tensor *out_in = copy_as(out, c.q_dtype, F2_CPU), *gout_in = copy_as(out_in, c.q_dtype, F2_CUDA);
+  f2_tensor *glse_in = copy_as(lse, F2_F32, F2_CUDA);
+  f2_tensor *dq = new_tensor(F2_F32, F2_CPU, 4, qs), *dk = new_tensor(F2_F32, F2_CPU, 4, ks);
+  f2_tensor *dv = new_tensor(F2_F32, F2_CPU, 4, ks);
+  f2_tensor *g[2][3];
+  for (int r = 0; r < 2; r++) {
+    g[r][0] = new_tensor(c.grad_dtype, F2_CUDA, 4, qs);
+    g[r][1] = new_tensor(c.grad_dtype, F2_CUDA, 4, ks);
+    g[r][2] = new_tensor(c.grad_dtype, F2_CUDA, 4, ks);
+    CHECK_OK(f2_fill(g[r][0], 12345.0));   /* overwritten, never accumulated into */
+    CHECK_OK(f2_fill(g[r][1], 12345.0));
+    CHECK_OK(f2_fill(g[r][2], 12345.0));
+  }
+  CHECK_OK(f2_attention_backward(dq, dk, dv, dout, q, k, v, out_in, lse, c.scale));
+  for (int r = 0; r < 2; r++)
+    CHECK_OK(f2_attention_backward(g[r][0], g[r][1], g[r][2], gdout, gq, gk, gv, gout_in, glse_in, c.scale));
+  double gtol = c.grad_dtype == F2_BF16 && tol < 2e-2 ? 2e-2 : tol;
+  compare(label, "backward dq", g[0][0], dq, gtol);
+  compare(label, "backward dk", g[0][1], dk, gtol);
+  compare(label, "backward dv", g[0][2], dv, gtol);
+  compare_bits(label, "backward dq", g[0][0], g[1][0]);
+  compare_bits(label, "backward dk", g[0][1], g[1][1]);
+  compare_bits(label, "backward dv", g[0][2], g[1][2]);
+
+  f2_tensor *all[] = {q, k, v, dout, gq, gk, gv, gdout, out, lse, gout, glse, gout2, glse2, out_in, gout_in, glse_in,
+                      dq, dk, dv, g[0][0], g[0][1], g[0][2], g[1][0], g[1][1], g[1][2]};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) f2_tensor_free(all[i]);
+}
+
+/* Decode: Tq queries at positions n_past.. against caches of Tmax positions. */
+static void run_decode(int64_t B, int64_t Tq, int64_t n_past, int64_t Tmax, int64_t H, int64_t Hkv, int64_t D,
+                       int32_t dtype) {
+  char label[128];
+  snprintf(label, sizeof label, "[decode B=%lld Tq=%lld n_past=%lld Tmax=%lld H=%lld/%lld D=%lld %s]", (long long)B,
+           (long long)Tq, (long long)n_past, (long long)Tmax, (long long)H, (long long)Hkv, (long long)D,
+           f2_dtype_name(dtype));
+  int64_t qs[4] = {B, Tq, H, D}, cs[4] = {B, Tmax, Hkv, D};
+  f2_tensor *q = rand_cpu(dtype, 4, qs, 1.5), *kc = rand_cpu(dtype, 4, cs, 1.0), *vc = rand_cpu(dtype, 4, cs, 1.0);
+  f2_tensor *gq = copy_as(q, dtype, F2_CUDA), *gk = copy_as(kc, dtype, F2_CUDA), *gv = copy_as(vc, dtype, F2_CUDA);
+  f2_tensor *out = new_tensor(F2_F32, F2_CPU, 4, qs), *gout = new_tensor(dtype, F2_CUDA, 4, qs);
+  float scale = 1.0f / sqrtf((float)D);
+  CHECK_OK(f2_attention_decode(out, q, kc, vc, n_past, scale));
+  CHECK_OK(f2_attention_decode(gout, gq, gk, gv, n_past, scale));
+  compare(label, "decode out", gout, out, tol_for(dtype));
+  f2_tensor *all[] = {q, kc, vc, gq, gk, gv, out, gout};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) f2_tensor_free(all[i]);
+}
+
+int main(void) {
+  f2t_require_gpu();
+  seed = f2t_seed();
+  verbose = getenv("F2_TEST_VERBOSE") && atoi(getenv("F2_TEST_VERBOSE"));
+  static const int64_t heads[3][2] = {{9, 3}, {4, 4}, {8, 2}};
+  static const int64_t seqs[] = {1, 17, 64, 129, 300};
+  static const int64_t head_dims[] = {64, 128, 96, 32};
+  static const int32_t dtypes[] = {F2_F32, F2_BF16};
+  int n = 0;
+  /* Every dtype x head_dim x T, the head layouts and batch sizes cycling through. */
+  for (int di = 0; di < 2; di++)
+    for (int hd = 0; hd < 4; hd++)
+      for (int ti = 0; ti < 5; ti++, n++) {
+        int32_t dt = dtypes[di];
+        attn_case c = {1 + n % 2, seqs[ti], heads[n % 3][0], heads[n % 3][1], head_dims[hd], dt, dt, dt, dt,
+                       n % 2 ? 2.5 : 1.0, 1.0f / sqrtf((float)head_dims[hd])};
+        run_case(c);
+      }
+  /* The tensor-core path over many blocks (uneven last block), f32 outputs and gradients from bf16
+   * inputs, another scale. */
+  run_case((attn_case){1, 517, 4, 2, 64, F2_BF16, F2_BF16, F2_F32, F2_F32, 1.0, 0.125f});
+  run_case((attn_case){2, 700, 6, 1, 128, F2_BF16, F2_BF16, F2_BF16, F2_F32, 2.0, 0.0883883f});
+  run_case((attn_case){1, 1024, 2, 2, 64, F2_BF16, F2_BF16, F2_BF16, F2_BF16, 3.0, 0.125f});
+  /* Mixed input dtypes take the plain path. */
+  run_case((attn_case){2, 77, 4, 2, 64, F2_BF16, F2_F32, F2_F32, F2_F32, 1.0, 0.125f});
+  run_case((attn_case){1, 50, 3, 1, 128, F2_F32, F2_BF16, F2_BF16, F2_F32, 1.0, 0.0883883f});
+  /* A head_dim the tensor cores don't take, past 128 threads' first pass. */
+  run_case((attn_case){1, 40, 2, 1, 200, F2_BF16, F2_BF16, F2_BF16, F2_BF16, 1.0, 0.07f});
+
+  for (int di = 0; di < 2; di++)
+    for (int hd = 0; hd < 3; hd++) {
+      run_decode(2, 1, 37, 64, 9, 3, head_dims[hd], dtypes[di]);
+      run_decode(1, 5, 130, 200, 8, 2, head_dims[hd], dtypes[di]);
+      run_decode(2, 5, 1, 6, 4, 4, head_dims[hd], dtypes[di]);
+    }
+  return f2t_done();
+}
