@@ -101,6 +101,9 @@ static int traceback(lua_State *L) {
 }
 
 int main(int argc, char **argv) {
+  /* Line-buffered even into a pipe or a file: a training log shows each step as it ends, and a run
+   * that is killed loses no finished line. */
+  setvbuf(stdout, NULL, _IOLBF, 0);
   lua_State *L = luaL_newstate();
   if (!L) {
     fprintf(stderr, "fairy2: cannot create the Lua state (out of memory)\n");

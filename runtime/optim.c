@@ -95,7 +95,7 @@ static void adamw_cpu(f2_tensor *p, f2_tensor *m, f2_tensor *v, const f2_tensor 
 
 int f2_adamw_step(f2_tensor *p, f2_tensor *m, f2_tensor *v, const f2_tensor *g, const f2_adamw_config *c) {
   F2_TRY(check_adamw(p, m, v, g, c));
-  if (p->device == F2_CUDA) return f2_cuda_adamw_step(p, m, v, g, c);
+  if (p->device == F2_CUDA) return F2_PROFILED("adamw", f2_cuda_adamw_step(p, m, v, g, c));
   adamw_scalars s = {c->lr, c->beta1, c->beta2, c->eps, 1.0f - c->lr * c->weight_decay,
                      1.0f - powf(c->beta1, (float)c->step), 1.0f - powf(c->beta2, (float)c->step), c->grad_scale};
   adamw_cpu(p, m, v, g, &s);
@@ -105,7 +105,7 @@ int f2_adamw_step(f2_tensor *p, f2_tensor *m, f2_tensor *v, const f2_tensor *g, 
 int f2_adamw_step_dev(f2_tensor *p, f2_tensor *m, f2_tensor *v, const f2_tensor *g, const f2_tensor *hparams,
                       const f2_tensor *sumsq) {
   F2_TRY(check_adamw_dev(p, m, v, g, hparams, sumsq));
-  if (p->device == F2_CUDA) return f2_cuda_adamw_step_dev(p, m, v, g, hparams, sumsq);
+  if (p->device == F2_CUDA) return F2_PROFILED("adamw", f2_cuda_adamw_step_dev(p, m, v, g, hparams, sumsq));
   const float *h = hparams->data, ss = *(const float *)sumsq->data;
   if (!isfinite(ss)) return F2_OK; /* an overflowed or NaN gradient: skip the step */
   /* Clip to the global norm: the same float operations as the kernel. */
@@ -130,7 +130,7 @@ int f2_sum_squares(f2_tensor *out, const f2_tensor *const *tensors, int32_t n) {
     if (t->dtype != F2_F32 && t->dtype != F2_BF16)
       return F2_FAIL(F2_ERR_ARG, "sum_squares: tensor %d is %s, expected f32 or bf16", i, f2_dtype_name(t->dtype));
   }
-  if (out->device == F2_CUDA) return f2_cuda_sum_squares(out, tensors, n);
+  if (out->device == F2_CUDA) return F2_PROFILED("sum_squares", f2_cuda_sum_squares(out, tensors, n));
   double total = 0;
   for (int32_t i = 0; i < n; i++) {
     const f2_tensor *t = tensors[i];

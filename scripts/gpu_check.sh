@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 build=${1:?usage: gpu_check.sh BUILD_DIR [OUT_DIR]}
 out=${2:-$build/gpu-logs}
 mkdir -p "$out"
-export F2_BIN=$PWD/$build/fairy2 F2_LIB=$PWD/$build/libfairy2.so F2_SOURCE_DIR=$PWD F2_BUILD_DIR=$PWD/$build
+build=$(cd "$build" && pwd)
+export F2_BIN=$build/fairy2 F2_LIB=$build/libfairy2.so F2_SOURCE_DIR=$PWD F2_BUILD_DIR=$build
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 "$F2_BIN" --version | tee -a "$out/gpu.txt"
 

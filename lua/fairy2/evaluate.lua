@@ -18,32 +18,28 @@ local C = f2.C
 
 local M = {}
 
--- Rows of logits computed at a time: bounds the memory (rows x vocab floats).
-local LOGIT_ROWS = 256
-
--- Sum of -log p(target) over the rows of h2 [N, hidden] whose target (targets: i32 [N]) is not -1,
--- and the count of those rows.
+-- Sum of -log p(target) over the rows of h2 [N, hidden] whose target (targets: i32 [N] on the CPU)
+-- is not -1, and the count of those rows: the fused LM head + cross-entropy (f2_lm_head_cross_entropy,
+-- forward only: the logits are made a chunk at a time) on the model's device.
 local function score(model, cache, h2, targets)
-  local n = h2:shape()[1]
-  local loss = f2.empty({ 1 })
+  local n, device = h2:shape()[1], h2:device()
+  local loss, losses = f2.empty({ 1 }, { device = device }), f2.empty({ n }, { device = device })
+  local t = device == "cpu" and targets or targets:to(device)
+  f2.check(C.f2_lm_head_cross_entropy(loss.h, losses.h, nil, nil, h2.h, model:head_matrix(cache).h, t.h, -1, 1, 0),
+    "evaluate.perplexity", 3)
+  local host = device == "cpu" and losses or losses:to("cpu")
+  local lp, tp = ffi.cast("const float *", host.h.data), ffi.cast("const int32_t *", targets.h.data)
   local sum, count = 0, 0
-  for r0 = 0, n - 1, LOGIT_ROWS do
-    local rows = math.min(LOGIT_ROWS, n - r0)
-    local h = h2:narrow(0, r0, rows)
-    local t = targets:narrow(0, r0, rows)
-    local logits = model:logits(h, cache)
-    local losses = f2.empty({ rows })
-    f2.check(C.f2_cross_entropy_forward(loss.h, losses.h, logits.h, t.h, -1), "evaluate.perplexity", 3)
-    local lp, tp = ffi.cast("const float *", losses.h.data), ffi.cast("const int32_t *", t.h.data)
-    for i = 0, rows - 1 do
-      if tp[i] ~= -1 then
-        sum = sum + lp[i]
-        count = count + 1
-      end
+  for i = 0, n - 1 do
+    if tp[i] ~= -1 then
+      sum = sum + lp[i]
+      count = count + 1
     end
-    for _, x in ipairs { h, t, logits, losses } do x:free() end
   end
+  if t ~= targets then t:free() end
+  if host ~= losses then host:free() end
   loss:free()
+  losses:free()
   return sum, count
 end
 

@@ -228,11 +228,18 @@ function M.apply_override(cfg, override)
   return cfg
 end
 
+-- The command-line overrides applied to each recipe table (weak keys), so that settings a run
+-- merges in later (the recipe's `gpu` section on a GPU) can be overridden again by them.
+M.overrides_of = setmetatable({}, { __mode = "k" })
+
 -- Applies a list of overrides in order (a later one wins); returns cfg.
 function M.apply_overrides(cfg, overrides)
   if type(cfg) ~= "table" then error("recipe.apply_overrides: cfg must be a table", 2) end
   if type(overrides) ~= "table" then error("recipe.apply_overrides: overrides must be a list", 2) end
   for _, o in ipairs(overrides) do M.apply_override(cfg, o) end
+  local seen = M.overrides_of[cfg] or {}
+  for _, o in ipairs(overrides) do seen[#seen + 1] = o end
+  M.overrides_of[cfg] = seen
   return cfg
 end
 

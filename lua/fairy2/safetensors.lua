@@ -105,12 +105,17 @@ function M.save(path, tensors, metadata)
     pairs_in_order = tensors
   end
   local n = #pairs_in_order
+  local host_copies = {}
   local names = ffi.new("const char *[?]", n + 1)
   local ptrs = ffi.new("const f2_tensor *[?]", n + 1)
   for i, entry in ipairs(pairs_in_order) do
     local name, t = entry[1], entry[2]
     if type(name) ~= "string" then error("safetensors.save: entry " .. i .. " has no name (want {name, tensor})", 2) end
     if not f2.is_tensor(t) or t.h == nil then error("safetensors.save: '" .. name .. "' is not a (live) tensor", 2) end
+    if t:device() ~= "cpu" then   -- a GPU tensor is written from a host copy
+      t = t:to("cpu")
+      host_copies[#host_copies + 1] = t
+    end
     names[i - 1] = name
     ptrs[i - 1] = t.h
   end
@@ -129,8 +134,10 @@ function M.save(path, tensors, metadata)
     mkeys[i - 1] = k
     mvalues[i - 1] = metadata[k]
   end
-  -- pairs_in_order and metadata keep the names and tensors alive across the call.
-  if C.f2_safetensors_save(path, names, ptrs, n, mkeys, mvalues, #keys) ~= 0 then return nil, last_error() end
+  -- pairs_in_order, host_copies and metadata keep the names and tensors alive across the call.
+  local rc = C.f2_safetensors_save(path, names, ptrs, n, mkeys, mvalues, #keys)
+  for _, t in ipairs(host_copies) do t:free() end
+  if rc ~= 0 then return nil, last_error() end
   return true
 end
 

@@ -247,8 +247,11 @@ function M.fit(cfg, opts)
 
   local device, device_note = pick_device(t.device)
   if device == "cuda" and type(cfg.gpu) == "table" then
-    for k, v in pairs(recipe.merge(cfg, cfg.gpu)) do cfg[k] = v end   -- the recipe's GPU-sized settings
+    -- The recipe's GPU-sized settings; what the command line said still wins.
+    for k, v in pairs(recipe.merge(cfg, cfg.gpu)) do cfg[k] = v end
+    for _, o in ipairs(recipe.overrides_of[cfg] or {}) do recipe.apply_override(cfg, o) end
     M.validate(cfg)
+    t = cfg.train
   end
   local dtype = t.dtype ~= "auto" and t.dtype or (device == "cuda" and "bf16" or "f32")
   say("fairy2 %s train: %s -> %s", f2.version, cfg.name or "run", out)

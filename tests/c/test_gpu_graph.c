@@ -82,8 +82,12 @@ static int step(f2_tensor **y_out, f2_tensor **scales_out, state *s, const f2_te
   if (rc == F2_OK) rc = f2_binary(xb, x, x2, F2_OP_ADD);                              /* mixed dtypes */
   if (rc == F2_OK) rc = f2_fairy2_quantize(r_hat, scales, NULL, s->param, &quant);
   if (rc == F2_OK) rc = f2_matmul(y, xb, r_hat, 0, 1, 1.0f, 0.0f);                   /* bf16 x bf16 -> f32 */
-  if (rc == F2_OK) rc = f2_matmul(y2, y, r_hat, 0, 0, 1.0f, 0.0f);                   /* f32 x bf16 -> bf16: temps */
-  if (rc == F2_OK) rc = f2_matmul(grad, y, y2, 1, 0, 1.0f, 0.0f);                    /* y^T y2: a temp */
+  f2_tensor *yb = rc == F2_OK ? new2(F2_BF16, M, N) : NULL;                         /* a temporary in the step */
+  if (rc == F2_OK && !yb) rc = F2_ERR_MEM;
+  if (rc == F2_OK) rc = f2_copy(yb, y);
+  if (rc == F2_OK) rc = f2_matmul(y2, yb, r_hat, 0, 0, 1.0f, 0.0f);                  /* bf16 x bf16 -> bf16 */
+  if (rc == F2_OK) rc = f2_matmul(grad, yb, y2, 1, 0, 1.0f, 0.0f);                   /* yb^T y2 -> f32 */
+  f2_tensor_free(yb);
   if (rc == F2_OK) rc = f2_binary_scalar(grad, grad, 1e-3, F2_OP_MUL);
   if (rc == F2_OK) rc = f2_sum_squares(sumsq, list, 1);
   if (rc == F2_OK) rc = f2_adamw_step_dev(s->param, s->m, s->v, grad, hparams, sumsq);

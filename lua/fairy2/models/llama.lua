@@ -322,14 +322,20 @@ local function mlp_step(cache, mlp, x2)
 end
 
 -- Logits [N, V] of final hidden states h2 [N, hidden] (forward_step's with opts.hidden).
+-- The LM head's matrix as the cache holds it ([V, hidden]: lm_head's weight snapshot, or the tied
+-- embedding matrix).
+function CausalLM:head_matrix(cache)
+  return self.lm_head and cache.weights[self.lm_head] or self.model.embed_tokens.weight
+end
+
 function CausalLM:logits(h2, cache)
-  local w = self.lm_head and cache.weights[self.lm_head] or self.model.embed_tokens.weight
+  local w = self:head_matrix(cache)
   local logits = f2.empty({ h2:shape()[1], self.desc.vocab_size }, { dtype = "f32", device = h2:device() })
   f2.check(C.f2_matmul(logits.h, h2.h, w.h, 0, 1, 1, 0), "logits", 2)
   return logits
 end
 
--- ids i32 [B, T]: the tokens at positions cache.n .. cache.n + T - 1 of each of the B sequences.
+-- ids i32 [B, T] (on any device): the tokens at positions cache.n .. cache.n + T - 1 of each of the B sequences.
 -- Returns the logits [B, V] of the last position; opts.all: of every position, [B*T, V] (row b*T + t);
 -- opts.hidden: the final (normed) hidden states [B*T, hidden] instead of logits (see logits()).
 -- Advances cache.n by T.
@@ -345,10 +351,13 @@ function CausalLM:forward_step(ids, cache, opts)
     error(string.format("forward_step: %d positions cached + %d new exceed the cache's max_len %d", cache.n, T,
       cache.max_len), 2)
   end
-  if not ids:is_contiguous() then ids = ids:contiguous() end
   local d, dec = self.desc, self.model
+  local device = dec.embed_tokens.weight:device()
+  local own_ids = ids:device() ~= device
+  if own_ids then ids = ids:to(device) elseif not ids:is_contiguous() then ids = ids:contiguous() end
   local h = f2.empty({ B * T, d.hidden }, { dtype = "f32", device = dec.embed_tokens.weight:device() })
   f2.check(C.f2_embedding_forward(h.h, dec.embed_tokens.weight.h, ids.h), "forward_step: embedding", 2)
+  if own_ids then ids:free() end
   local rotary = dec.rotary_emb
   rotary:ensure(cache.n + T)
   local cos, sin = rotary.cos:narrow(0, cache.n, T), rotary.sin:narrow(0, cache.n, T)
