@@ -16,10 +16,7 @@
 #include <map>
 #include <unordered_map>
 
-/* The pool hooks graph.cu calls (declared there). */
-extern "C" __attribute__((visibility("hidden"))) int f2_cuda_pool_begin(void);
-extern "C" __attribute__((visibility("hidden"))) void f2_cuda_pool_end(void);
-extern "C" __attribute__((visibility("hidden"))) void f2_cuda_pool_release(int pool);
+/* The pool hooks graph.cu calls are declared in f2_internal.h. */
 
 namespace {
 typedef std::multimap<size_t, void *> FreeList;   /* size -> block */

@@ -16,9 +16,6 @@
 
 /* The allocator's pool hooks (alloc.cu): begin starts a pool that serves every allocation until end;
  * release gives a pool's blocks back to the global cache. */
-extern "C" __attribute__((visibility("hidden"))) int f2_cuda_pool_begin(void);
-extern "C" __attribute__((visibility("hidden"))) void f2_cuda_pool_end(void);
-extern "C" __attribute__((visibility("hidden"))) void f2_cuda_pool_release(int pool);
 
 struct f2_cuda_graph {
   cudaGraphExec_t exec;

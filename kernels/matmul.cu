@@ -1,4 +1,5 @@
-/* matmul.cu — out[M,N] = alpha * op(a)[M,K] @ op(b)[K,N] + beta * out through cuBLASLt, 2-D or 3-D
+/* matmul.cu — out[M,N] = alpha * op(a)[M,K] @ op(b)[K,N] + beta * c through cuBLASLt (c = out for
+ * f2_matmul, another tensor of out's layout for f2_matmul_add: cuBLASLt's C and D), 2-D or 3-D
  * strided-batched. bf16/f16 inputs: fp32 accumulation (CUBLAS_COMPUTE_32F); f32 inputs: plain fp32
  * (no TF32). Output f32 or the inputs' dtype; other mixes go through fp32 temporaries.
  * Row-major tensors are column-major transposes, so a row-major out is computed as
@@ -69,7 +70,7 @@ uint32_t alignment(const View &v, int64_t batch) {
  * same few shapes, and the heuristic query costs more than the GEMM for small ones. */
 struct Key {
   int32_t a_type, b_type, c_type, op_a, op_b;
-  uint32_t align_a, align_b, align_c;
+  uint32_t align_a, align_b, align_c, align_d;   /* c: the addend, d: the output */
   int64_t m, n, k, lda, ldb, ldc, batch, stride_a, stride_b, stride_c;
 };
 struct Plan {
@@ -117,7 +118,7 @@ int build_plan(Plan *p, const Key &k) {
   cublasLtMatmulPreference_t pref;
   F2_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   uint64_t ws = kWorkspaceBytes;
-  uint32_t aligns[4] = {k.align_a, k.align_b, k.align_c, k.align_c};
+  uint32_t aligns[4] = {k.align_a, k.align_b, k.align_c, k.align_d};
   const cublasLtMatmulPreferenceAttributes_t align_attrs[4] = {
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
@@ -175,23 +176,26 @@ struct Temp {
   }
 };
 
-/* C = first @ second with C column-major (layout op N). */
-int run(const View &first, const View &second, const View &c, int64_t batch, float alpha, float beta) {
+/* D = alpha first @ second + beta C, with D column-major (layout op N) and C of D's layout (C may be D). */
+int run(const View &first, const View &second, const View &c, const View &d, int64_t batch, float alpha,
+        float beta) {
   Layout lf, ls, lc;
-  if (!layout_of(first, 1, &lf) || !layout_of(second, 1, &ls) || !layout_of(c, 0, &lc))
+  if (!layout_of(first, 1, &lf) || !layout_of(second, 1, &ls) || !layout_of(d, 0, &lc))
     return F2_FAIL(F2_ERR_ARG, "matmul: internal layout error");
-  Key k = {};
-  k.a_type = cuda_type(first.dtype), k.b_type = cuda_type(second.dtype), k.c_type = cuda_type(c.dtype);
+  Key k;
+  memset(&k, 0, sizeof k);   /* padding too: keys compare with memcmp */
+  k.a_type = cuda_type(first.dtype), k.b_type = cuda_type(second.dtype), k.c_type = cuda_type(d.dtype);
   k.op_a = lf.op, k.op_b = ls.op;
-  k.align_a = alignment(first, batch), k.align_b = alignment(second, batch), k.align_c = alignment(c, batch);
-  k.m = c.rows, k.n = c.cols, k.k = first.cols;
+  k.align_a = alignment(first, batch), k.align_b = alignment(second, batch), k.align_d = alignment(d, batch);
+  k.align_c = c.data == d.data ? k.align_d : alignment(c, batch);
+  k.m = d.rows, k.n = d.cols, k.k = first.cols;
   k.lda = lf.ld, k.ldb = ls.ld, k.ldc = lc.ld;
   k.batch = batch;
-  if (batch > 1) k.stride_a = first.batch_stride, k.stride_b = second.batch_stride, k.stride_c = c.batch_stride;
+  if (batch > 1) k.stride_a = first.batch_stride, k.stride_b = second.batch_stride, k.stride_c = d.batch_stride;
   Plan *p;
   F2_TRY(get_plan(k, &p));
   F2_CUBLAS_CHECK(cublasLtMatmul(handle, p->desc, &alpha, first.data, p->a, second.data, p->b, &beta, c.data, p->c,
-                                 c.data, p->c, &p->algo, workspace, kWorkspaceBytes, f2_cuda_stream()));
+                                 d.data, p->c, &p->algo, workspace, kWorkspaceBytes, f2_cuda_stream()));
   return F2_OK;
 }
 }  // namespace
@@ -233,8 +237,45 @@ extern "C" int f2_cuda_matmul(f2_tensor *out, const f2_tensor *a, const f2_tenso
     vc = view_of(tc.t, 0);
     c_colmajor = 0;
   }
-  if (c_colmajor) F2_TRY(run(va, vb, vc, batch, alpha, beta));
-  else F2_TRY(run(transposed(vb), transposed(va), transposed(vc), batch, alpha, beta));
+  if (c_colmajor) F2_TRY(run(va, vb, vc, vc, batch, alpha, beta));
+  else F2_TRY(run(transposed(vb), transposed(va), transposed(vc), transposed(vc), batch, alpha, beta));
   if (tc.t) F2_TRY(f2_cuda_copy(out, tc.t));
   return F2_OK;
+}
+
+/* out = alpha op(a) op(b) + beta c. When c has out's dtype and strides and out goes to cuBLASLt as it
+ * is, c is cuBLASLt's C and out its D (one pass); otherwise c is copied into out first and the plain
+ * matmul accumulates onto it. c may be out; the dispatch checked shapes, dtypes and overlaps. */
+extern "C" int f2_cuda_matmul_add(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a,
+                                  int32_t trans_b, float alpha, const f2_tensor *c, float beta) {
+  bool same_layout = c->dtype == out->dtype && c->ndim == out->ndim;
+  for (int d = 0; same_layout && d < out->ndim; d++)
+    same_layout = c->shape[d] == out->shape[d] && (c->stride[d] == out->stride[d] || c->shape[d] == 1);
+  if (c->data == out->data || beta == 0.0f || !same_layout || out->ndim < 2 || out->ndim > 3 ||
+      a->ndim != out->ndim || b->ndim != out->ndim || a->dtype != b->dtype || !f2_host_dtype_is_float(a->dtype) ||
+      (out->dtype != F2_F32 && out->dtype != a->dtype)) {
+    if (c->data != out->data && beta != 0.0f) F2_TRY(f2_cuda_copy(out, c));
+    return f2_cuda_matmul(out, a, b, trans_a, trans_b, alpha, beta);
+  }
+  View va = view_of(a, trans_a), vb = view_of(b, trans_b), vd = view_of(out, 0), vc = view_of(c, 0);
+  int64_t batch = out->ndim == 3 ? out->shape[0] : 1;
+  Layout l;
+  int d_colmajor = layout_of(vd, 0, &l), d_rowmajor = layout_of(transposed(vd), 0, &l);
+  if (va.rows != vd.rows || vb.cols != vd.cols || va.cols != vb.rows || va.cols == 0 || batch == 0 ||
+      vd.rows == 0 || vd.cols == 0 || (batch > 1 && vd.batch_stride == 0) || !(d_colmajor || d_rowmajor)) {
+    F2_TRY(f2_cuda_copy(out, c));   /* shapes the plain matmul handles (or rejects) */
+    return f2_cuda_matmul(out, a, b, trans_a, trans_b, alpha, beta);
+  }
+  F2_TRY(init_once());
+  Temp ta, tb;
+  if (!layout_of(va, 1, &l)) {
+    F2_TRY(ta.make(a->dtype, a, 1));
+    va = view_of(ta.t, trans_a);
+  }
+  if (!layout_of(vb, 1, &l)) {
+    F2_TRY(tb.make(b->dtype, b, 1));
+    vb = view_of(tb.t, trans_b);
+  }
+  if (d_colmajor) return run(va, vb, vc, vd, batch, alpha, beta);
+  return run(transposed(vb), transposed(va), transposed(vc), transposed(vd), batch, alpha, beta);
 }

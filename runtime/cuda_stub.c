@@ -49,6 +49,11 @@ int f2_cuda_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32
   (void)out, (void)a, (void)b, (void)ta, (void)tb, (void)alpha, (void)beta;
   return no_cuda("a GPU matmul");
 }
+int f2_cuda_matmul_add(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t ta, int32_t tb, float alpha,
+                       const f2_tensor *c, float beta) {
+  (void)out, (void)a, (void)b, (void)ta, (void)tb, (void)alpha, (void)c, (void)beta;
+  return no_cuda("a GPU matmul");
+}
 int f2_cuda_build_info(char *buf, size_t size) {
   snprintf(buf, size, "CUDA: not compiled in\nGPUs: none\n");
   return F2_OK;

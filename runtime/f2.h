@@ -136,6 +136,12 @@ int f2_reduce(f2_tensor *out, const f2_tensor *x, int32_t dim, int32_t op);
  * accumulation reference. CUDA: cuBLASLt, bf16 or fp32 inputs, fp32 accumulation. */
 int f2_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
               float alpha, float beta);
+/* out = alpha * op(a) @ op(b) + beta * c: f2_matmul with the addend in another tensor c of out's shape
+ * and dtype (c may be out itself: then it is f2_matmul; any other overlap with out fails). beta = 0
+ * never reads c. CUDA: c is cuBLASLt's C and out its D (one pass) when c has out's strides; else c is
+ * copied into out first, as on the CPU. For fusing a residual add into the GEMM before it. */
+int f2_matmul_add(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
+                  float alpha, const f2_tensor *c, float beta);
 
 /* ---------------------------------------------------------------- GPU memory */
 typedef struct f2_memory_stats {

@@ -83,6 +83,15 @@ int f2_cuda_unary(f2_tensor *out, const f2_tensor *a, int32_t op);
 int f2_cuda_reduce(f2_tensor *out, const f2_tensor *x, int32_t dim, int32_t op);
 int f2_cuda_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
                    float alpha, float beta);
+/* out = alpha op(a) op(b) + beta c, c a different tensor of out's shape and dtype (cuBLASLt's C and D). */
+int f2_cuda_matmul_add(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
+                       float alpha, const f2_tensor *c, float beta);
+
+/* Allocator pools for CUDA graphs (kernels/alloc.cu, used by graph.cu): begin starts a pool that serves
+ * every allocation until end; release hands a pool's free blocks back to the global cache. */
+int f2_cuda_pool_begin(void);
+void f2_cuda_pool_end(void);
+void f2_cuda_pool_release(int pool);
 
 /* Optimizer (kernels/optim.cu; stubs in optim.c without CUDA). */
 int f2_cuda_adamw_step(f2_tensor *p, f2_tensor *m, f2_tensor *v, const f2_tensor *g, const f2_adamw_config *c);

@@ -202,23 +202,24 @@ int f2_reduce(f2_tensor *out, const f2_tensor *x, int32_t dim, int32_t op) {
 
 /* ---------------------------------------------------------------- matmul */
 
-int f2_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
-              float alpha, float beta) {
-  F2_TRY(check_not_null("matmul", "out", out));
-  F2_TRY(check_not_null("matmul", "a", a));
-  F2_TRY(check_not_null("matmul", "b", b));
-  F2_TRY(f2_check_same_device("matmul", out, a));
-  F2_TRY(f2_check_same_device("matmul", out, b));
+/* The checks f2_matmul and f2_matmul_add share (op names the entry point in messages). */
+static int matmul_args(const char *op, f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a,
+                       int32_t trans_b) {
+  F2_TRY(check_not_null(op, "out", out));
+  F2_TRY(check_not_null(op, "a", a));
+  F2_TRY(check_not_null(op, "b", b));
+  F2_TRY(f2_check_same_device(op, out, a));
+  F2_TRY(f2_check_same_device(op, out, b));
   int nd = out->ndim;
   if ((nd != 2 && nd != 3) || a->ndim != nd || b->ndim != nd)
-    return F2_FAIL(F2_ERR_ARG, "matmul: out, a, b must all be 2-D or all 3-D (have %d, %d, %d dims)", (int)nd,
+    return F2_FAIL(F2_ERR_ARG, "%s: out, a, b must all be 2-D or all 3-D (have %d, %d, %d dims)", op, (int)nd,
                    (int)a->ndim, (int)b->ndim);
   F2_TRY(f2_check_float("matmul a", a));
   if (a->dtype != b->dtype)
-    return F2_FAIL(F2_ERR_ARG, "matmul: a is %s but b is %s (one input dtype)", f2_dtype_name(a->dtype),
+    return F2_FAIL(F2_ERR_ARG, "%s: a is %s but b is %s (one input dtype)", op, f2_dtype_name(a->dtype),
                    f2_dtype_name(b->dtype));
   if (out->dtype != F2_F32 && out->dtype != F2_BF16)
-    return F2_FAIL(F2_ERR_ARG, "matmul: out dtype %s (f32 or bf16)", f2_dtype_name(out->dtype));
+    return F2_FAIL(F2_ERR_ARG, "%s: out dtype %s (f32 or bf16)", op, f2_dtype_name(out->dtype));
   int64_t M = out->shape[nd - 2], N = out->shape[nd - 1];
   int64_t am = trans_a ? a->shape[nd - 1] : a->shape[nd - 2], ak = trans_a ? a->shape[nd - 2] : a->shape[nd - 1];
   int64_t bk = trans_b ? b->shape[nd - 1] : b->shape[nd - 2], bn = trans_b ? b->shape[nd - 2] : b->shape[nd - 1];
@@ -228,9 +229,64 @@ int f2_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t tr
     shape_text(so, sizeof so, out);
     shape_text(sa, sizeof sa, a);
     shape_text(sb, sizeof sb, b);
-    return F2_FAIL(F2_ERR_ARG, "matmul: shapes do not match: out %s = a%s %s @ b%s %s", so, trans_a ? "^T" : "", sa,
+    return F2_FAIL(F2_ERR_ARG, "%s: shapes do not match: out %s = a%s %s @ b%s %s", op, so, trans_a ? "^T" : "", sa,
                    trans_b ? "^T" : "", sb);
   }
+  return F2_OK;
+}
+
+int f2_matmul(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
+              float alpha, float beta) {
+  F2_TRY(matmul_args("matmul", out, a, b, trans_a, trans_b));
   return out->device == F2_CUDA ? F2_PROFILED("matmul", f2_cuda_matmul(out, a, b, trans_a, trans_b, alpha, beta))
                                 : f2_cpu_matmul(out, a, b, trans_a, trans_b, alpha, beta);
+}
+
+/* Bytes [first, last) that t's elements can touch (a strided view's span). */
+static void byte_span(const f2_tensor *t, uintptr_t *first, uintptr_t *last) {
+  int64_t lo = 0, hi = 0;
+  for (int d = 0; d < t->ndim; d++) {
+    if (t->shape[d] == 0) {
+      *first = *last = (uintptr_t)t->data;
+      return;
+    }
+    int64_t step = t->stride[d] * (t->shape[d] - 1);
+    if (step < 0) lo += step;
+    else hi += step;
+  }
+  int64_t size = (int64_t)f2_dtype_size(t->dtype);
+  *first = (uintptr_t)((const char *)t->data + lo * size);
+  *last = (uintptr_t)((const char *)t->data + (hi + 1) * size);
+}
+
+int f2_matmul_add(f2_tensor *out, const f2_tensor *a, const f2_tensor *b, int32_t trans_a, int32_t trans_b,
+                  float alpha, const f2_tensor *c, float beta) {
+  F2_TRY(matmul_args("matmul_add", out, a, b, trans_a, trans_b));
+  F2_TRY(check_not_null("matmul_add", "c", c));
+  F2_TRY(f2_check_same_device("matmul_add", out, c));
+  if (c->dtype != out->dtype)
+    return F2_FAIL(F2_ERR_ARG, "matmul_add: c is %s but out is %s (c must have out's dtype)",
+                   f2_dtype_name(c->dtype), f2_dtype_name(out->dtype));
+  int same_shape = c->ndim == out->ndim;
+  for (int d = 0; same_shape && d < out->ndim; d++) same_shape = c->shape[d] == out->shape[d];
+  if (!same_shape) {
+    char so[128], sc[128];
+    shape_text(so, sizeof so, out);
+    shape_text(sc, sizeof sc, c);
+    return F2_FAIL(F2_ERR_ARG, "matmul_add: c %s must have out's shape %s", sc, so);
+  }
+  int same_view = c->data == out->data;
+  for (int d = 0; same_view && d < out->ndim; d++) same_view = c->stride[d] == out->stride[d] || c->shape[d] == 1;
+  if (same_view || beta == 0.0f) /* c is out, or not read (beta = 0 never reads it, as BLAS) */
+    return f2_matmul(out, a, b, trans_a, trans_b, alpha, beta);
+  uintptr_t o0, o1, c0, c1;
+  byte_span(out, &o0, &o1);
+  byte_span(c, &c0, &c1);
+  if (o0 < c1 && c0 < o1)
+    return F2_FAIL(F2_ERR_ARG, "matmul_add: c overlaps out without being out (pass out itself, or a separate "
+                   "tensor)");
+  if (out->device == F2_CUDA) return F2_PROFILED("matmul", f2_cuda_matmul_add(out, a, b, trans_a, trans_b, alpha, c, beta));
+  /* CPU: out = c, then the matmul accumulates onto it. */
+  F2_TRY(f2_copy(out, c));
+  return f2_cpu_matmul(out, a, b, trans_a, trans_b, alpha, beta);
 }
