@@ -1,8 +1,9 @@
 /* nn.cu — the row and elementwise model ops on CUDA: embedding (backward deterministic: ids radix-sorted,
  * each id's rows summed in token order), RMSNorm (+ residual add, + accumulating backward), RoPE, SwiGLU,
  * cross-entropy. CPU references in runtime/nn_cpu.c. Tensors f32 or bf16 each (contiguous; the dispatch
- * checked them); fp32 math, except RMSNorm's row sums and gradient, in fp64 as the reference (free: these
- * kernels are memory-bound). No float atomics: every sum has an order fixed by the shape. All work is
+ * checked them); fp32 math. RMSNorm's row sums: fp32 over 8 elements in a fixed tree, fp64 beyond (its
+ * fast path, rows in registers); its general path (odd or misaligned rows, long rows) keeps fp64 per
+ * element as the reference. No float atomics: every sum has an order fixed by the shape. All work is
  * queued on f2_cuda_stream() without waiting for the GPU; scratch comes from f2_cuda_alloc. */
 #include "f2_cuda.cuh"
 
@@ -28,6 +29,19 @@ __device__ __forceinline__ void load_v(const void *p, int bf16, int64_t i, float
       float4 f = *(const float4 *)((const float *)p + i);
       v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
     }
+  } else if constexpr (V == 8) {   /* 16 bytes (bf16) or two 16-byte accesses (f32) */
+    if (bf16) {
+      uint4 u = *(const uint4 *)((const uint16_t *)p + i);
+      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int k = 0; k < 4; k++) {
+        v[2 * k] = f2_dev_bf16_to_f32((uint16_t)(w[k] & 0xffffu));
+        v[2 * k + 1] = f2_dev_bf16_to_f32((uint16_t)(w[k] >> 16));
+      }
+    } else {
+      float4 f = *(const float4 *)((const float *)p + i), g = *(const float4 *)((const float *)p + i + 4);
+      v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w, v[4] = g.x, v[5] = g.y, v[6] = g.z, v[7] = g.w;
+    }
   } else {
 #pragma unroll
     for (int k = 0; k < V; k++)
@@ -45,6 +59,17 @@ __device__ __forceinline__ void store_v(void *p, int bf16, int64_t i, const floa
       *(uint2 *)((uint16_t *)p + i) = u;
     } else {
       *(float4 *)((float *)p + i) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+  } else if constexpr (V == 8) {
+    if (bf16) {
+      uint32_t w[4];
+#pragma unroll
+      for (int k = 0; k < 4; k++)
+        w[k] = (uint32_t)f2_dev_f32_to_bf16(v[2 * k]) | (uint32_t)f2_dev_f32_to_bf16(v[2 * k + 1]) << 16;
+      *(uint4 *)((uint16_t *)p + i) = make_uint4(w[0], w[1], w[2], w[3]);
+    } else {
+      *(float4 *)((float *)p + i) = make_float4(v[0], v[1], v[2], v[3]);
+      *(float4 *)((float *)p + i + 4) = make_float4(v[4], v[5], v[6], v[7]);
     }
   } else {
 #pragma unroll
@@ -70,6 +95,10 @@ int is_bf16(const f2_tensor *t) { return t->dtype == F2_BF16; }
 bool aligned4(const f2_tensor *t) {
   return !t || ((uintptr_t)t->data % (4 * f2_dtype_size(t->dtype))) == 0;
 }
+
+/* 16-byte access (8 elements: 8-wide vectors) is safe for t when its data is 16-byte aligned and the
+ * element index is a multiple of 8. */
+bool aligned16(const f2_tensor *t) { return !t || ((uintptr_t)t->data % 16) == 0; }
 
 /* Lanes per row for the row kernels: enough that each lane handles about 4 vectors, 4 to 32 (a warp). */
 int lanes_per_row(int64_t vectors) {
@@ -294,6 +323,156 @@ __global__ void rmsnorm_dweight_kernel(float *dweight, const float *partial, int
     double total = 0;
     for (int k = 0; k < 32; k++) total += sums[k][threadIdx.x];
     dweight[d] = (float)(dweight[d] + total);
+  }
+}
+
+/* ---------------------------------------------------------------- RMSNorm, row in registers
+ * The fast path when dim is a multiple of 8 and every tensor is 16-byte aligned: G lanes per row, lane l
+ * owns the 8-element vectors l, l + G, ... (at most N of them), so a row is loaded once, with all its
+ * loads in flight, and kept in registers for the second half. Sums: the 8 terms of a vector in a fixed
+ * fp32 tree, added to a per-lane fp64 sum (one fp64 conversion per 8 elements: fp64 per element cost
+ * the old kernels more than their memory traffic), then the fp64 butterfly over the G lanes. */
+
+/* Sum of the 8 terms in a fixed order (pairs, then pairs of pairs). */
+__device__ __forceinline__ float tree8(const float (&t)[8]) {
+  return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+}
+
+/* Loops that load come before loops that store: a load after a store to a pointer that may alias it
+ * (out may be x, sum may be a or b) would wait for the data the store needs, one round trip per vector. */
+template <int G, int N>
+__global__ void __launch_bounds__(F2_THREADS) rmsnorm_forward_fast_kernel(
+    void *out, int out_bf, float *rstd, void *sum, int sum_bf, const void *a, int a_bf, const void *b, int b_bf,
+    const void *weight, int w_bf, int64_t rows, int64_t dim, float eps) {
+  const int lane = threadIdx.x % G, per_block = blockDim.x / G;
+  const int64_t vectors = dim / 8;
+  for (int64_t base = (int64_t)blockIdx.x * per_block; base < rows; base += (int64_t)gridDim.x * per_block) {
+    int64_t r = base + threadIdx.x / G;
+    bool valid = r < rows;
+    float x[N][8];
+    double ss = 0;
+    if (valid) {
+#pragma unroll
+      for (int i = 0; i < N; i++) {
+        int64_t j = lane + (int64_t)i * G;
+        if (j < vectors) {
+          load_v<8>(a, a_bf, r * dim + j * 8, x[i]);
+          if (b) {
+            float y[8];
+            load_v<8>(b, b_bf, r * dim + j * 8, y);
+#pragma unroll
+            for (int k = 0; k < 8; k++) x[i][k] = round_to(sum_bf, x[i][k] + y[k]);
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < N; i++) {
+        int64_t j = lane + (int64_t)i * G;
+        if (j < vectors) {
+          if (b) store_v<8>(sum, sum_bf, r * dim + j * 8, x[i]);
+          float t[8];
+#pragma unroll
+          for (int k = 0; k < 8; k++) t[k] = x[i][k] * x[i][k];
+          ss += (double)tree8(t);
+        }
+      }
+    }
+    ss = group_sum<G>(ss);
+    if (!valid) continue;
+    float rs = (float)(1.0 / sqrt(ss / (double)dim + (double)eps));
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      int64_t j = lane + (int64_t)i * G;
+      if (j < vectors) {
+        float w[8];
+        load_v<8>(weight, w_bf, j * 8, w);
+#pragma unroll
+        for (int k = 0; k < 8; k++) x[i][k] = w[k] * (x[i][k] * rs);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      int64_t j = lane + (int64_t)i * G;
+      if (j < vectors) store_v<8>(out, out_bf, r * dim + j * 8, x[i]);
+    }
+    if (rstd && lane == 0) rstd[r] = rs;
+  }
+}
+
+/* The backward's fast path: dy, x (and dx when accumulating) of a row in registers, all loaded before
+ * anything is stored (dx may be dy). With partial, a row group adds the dweight terms (float)(dy xhat)
+ * of its rows, in row order, into its own shared-memory row [dim] (a lane owns its columns: no races;
+ * shared rather than registers, which would cost a block per SM), then the block adds its groups in
+ * group order and writes partial[block, dim]. The grid depends on the shape only, so every sum has
+ * one order. */
+template <int G, int N>
+__global__ void __launch_bounds__(F2_THREADS) rmsnorm_backward_fast_kernel(
+    void *dx, int dx_bf, float *partial, const void *dy, int dy_bf, const void *x, int x_bf, const void *weight,
+    int w_bf, const float *rstd, int64_t rows, int64_t dim, int accumulate) {
+  extern __shared__ float group_sums[];   /* [groups, dim] when partial */
+  const int lane = threadIdx.x % G, per_block = blockDim.x / G;
+  const int64_t vectors = dim / 8;
+  float *mine = group_sums + (threadIdx.x / G) * dim;
+  if (partial) {
+    for (int64_t i = threadIdx.x; i < per_block * dim; i += blockDim.x) group_sums[i] = 0.0f;
+    __syncthreads();
+  }
+  for (int64_t base = (int64_t)blockIdx.x * per_block; base < rows; base += (int64_t)gridDim.x * per_block) {
+    int64_t r = base + threadIdx.x / G;
+    bool valid = r < rows;
+    float g[N][8], xv[N][8], o[N][8];
+    float rs = valid ? rstd[r] : 0.0f;
+    double dot = 0;
+    if (valid) {
+#pragma unroll
+      for (int i = 0; i < N; i++) {
+        int64_t j = lane + (int64_t)i * G;
+        if (j < vectors) {
+          load_v<8>(dy, dy_bf, r * dim + j * 8, g[i]);
+          load_v<8>(x, x_bf, r * dim + j * 8, xv[i]);
+          if (accumulate) load_v<8>(dx, dx_bf, r * dim + j * 8, o[i]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < N; i++) {
+        int64_t j = lane + (int64_t)i * G;
+        if (j < vectors) {
+          float w[8], t[8];
+          load_v<8>(weight, w_bf, j * 8, w);
+#pragma unroll
+          for (int k = 0; k < 8; k++) {
+            xv[i][k] *= rs;   /* xhat from here on */
+            if (partial) mine[j * 8 + k] += g[i][k] * xv[i][k];
+            g[i][k] *= w[k];  /* dy w from here on */
+            t[k] = g[i][k] * xv[i][k];
+          }
+          dot += (double)tree8(t);
+        }
+      }
+    }
+    dot = group_sum<G>(dot);
+    if (!valid) continue;
+    float mean = (float)(dot / (double)dim);
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      int64_t j = lane + (int64_t)i * G;
+      if (j < vectors) {
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+          float v = rs * (g[i][k] - xv[i][k] * mean);
+          o[i][k] = accumulate ? o[i][k] + v : v;
+        }
+        store_v<8>(dx, dx_bf, r * dim + j * 8, o[i]);
+      }
+    }
+  }
+  if (partial) {
+    __syncthreads();
+    for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
+      float total = 0.0f;
+      for (int grp = 0; grp < per_block; grp++) total += group_sums[grp * dim + d];
+      partial[blockIdx.x * dim + d] = total;
+    }
   }
 }
 
@@ -594,11 +773,53 @@ int launch_rmsnorm_forward(f2_tensor *sum, f2_tensor *out, f2_tensor *rstd, cons
   return F2_OK;
 }
 
+template <int G, int N>
+int launch_rmsnorm_forward_fast(f2_tensor *sum, f2_tensor *out, f2_tensor *rstd, const f2_tensor *a,
+                                const f2_tensor *b, const f2_tensor *weight, int64_t rows, int64_t dim, float eps) {
+  rmsnorm_forward_fast_kernel<G, N><<<grid_for(rows, F2_THREADS / G), F2_THREADS, 0, f2_cuda_stream()>>>(
+      out->data, is_bf16(out), rstd ? (float *)rstd->data : nullptr, sum ? sum->data : nullptr, sum && is_bf16(sum),
+      a->data, is_bf16(a), b ? b->data : nullptr, b && is_bf16(b), weight->data, is_bf16(weight), rows, dim, eps);
+  F2_CUDA_CHECK_LAUNCH("rmsnorm_forward_fast_kernel");
+  return F2_OK;
+}
+
+/* The fast path's shape for rows of `vectors` 8-element vectors: G lanes, each holding up to N vectors
+ * (G N >= vectors; fewer lanes for short rows, so a warp holds several); 0 when a row is longer than
+ * max_vectors (then the general kernels). */
+struct FastShape {
+  int g, n;
+};
+FastShape fast_shape(int64_t vectors, int64_t max_vectors) {
+  if (vectors > max_vectors) return {0, 0};
+  if (vectors <= 16) return {4, 4};
+  if (vectors <= 32) return {8, 4};
+  if (vectors <= 64) return {16, 4};
+  if (vectors <= 96) return {32, 3};
+  if (vectors <= 128) return {32, 4};
+  if (vectors <= 256) return {32, 8};
+  if (vectors <= 384) return {32, 12};
+  return {32, 16};
+}
+
 /* The forward with (sum, a, b) or (a = x, no b). */
 int rmsnorm_forward(f2_tensor *sum, f2_tensor *out, f2_tensor *rstd, const f2_tensor *a, const f2_tensor *b,
                     const f2_tensor *weight, float eps) {
   int64_t dim = weight->shape[0], rows = f2_tensor_numel(a) / dim;
   if (rows == 0) return F2_OK;
+  if (dim % 8 == 0 && aligned16(out) && aligned16(a) && aligned16(b) && aligned16(sum) && aligned16(weight)) {
+    FastShape fs = fast_shape(dim / 8, 512);   /* rows up to 4096 elements (N = 16: 128 floats a lane) */
+#define F2_NN_FWD_FAST(G, N) \
+  if (fs.g == G && fs.n == N) return launch_rmsnorm_forward_fast<G, N>(sum, out, rstd, a, b, weight, rows, dim, eps)
+    F2_NN_FWD_FAST(4, 4);
+    F2_NN_FWD_FAST(8, 4);
+    F2_NN_FWD_FAST(16, 4);
+    F2_NN_FWD_FAST(32, 3);
+    F2_NN_FWD_FAST(32, 4);
+    F2_NN_FWD_FAST(32, 8);
+    F2_NN_FWD_FAST(32, 12);
+    F2_NN_FWD_FAST(32, 16);
+#undef F2_NN_FWD_FAST
+  }
   bool vec = dim % 4 == 0 && aligned4(out) && aligned4(a) && aligned4(b) && aligned4(sum) && aligned4(weight);
 #define F2_NN_FWD(G) \
   return vec ? launch_rmsnorm_forward<G, 4>(sum, out, rstd, a, b, weight, rows, dim, eps) \
@@ -615,6 +836,37 @@ int rmsnorm_forward(f2_tensor *sum, f2_tensor *out, f2_tensor *rstd, const f2_te
 /* Blocks of the backward when it also sums dweight: at most this many partial rows (fixed, so the
  * summation order depends on the shape only); enough blocks to fill an H200. */
 constexpr int64_t kNormBlocks = 1024;
+/* The same for the fast path: ~113 registers a thread fit 2 blocks per SM, so 264 is one full wave on
+ * an H200 (132 SMs), and few partial rows keep rmsnorm_dweight_kernel to one round of loads. */
+constexpr int64_t kFastNormBlocks = 264;
+
+template <int G, int N>
+int launch_rmsnorm_backward_fast(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, const f2_tensor *x,
+                                 const f2_tensor *weight, const f2_tensor *rstd, int64_t rows, int64_t dim,
+                                 int accumulate) {
+  cudaStream_t stream = f2_cuda_stream();
+  const int64_t per_block = F2_THREADS / G;
+  if (!dweight) {
+    rmsnorm_backward_fast_kernel<G, N><<<grid_for(rows, (int)per_block), F2_THREADS, 0, stream>>>(
+        dx->data, is_bf16(dx), nullptr, dy->data, is_bf16(dy), x->data, is_bf16(x), weight->data, is_bf16(weight),
+        (const float *)rstd->data, rows, dim, accumulate);
+    F2_CUDA_CHECK_LAUNCH("rmsnorm_backward_fast_kernel");
+    return F2_OK;
+  }
+  size_t smem = (size_t)per_block * dim * sizeof(float);   /* <= 32 KiB: G N 8 >= dim */
+  int64_t blocks = (rows + per_block - 1) / per_block;
+  if (blocks > kFastNormBlocks) blocks = kFastNormBlocks;
+  Scratch scratch;
+  F2_TRY(scratch.alloc((size_t)(blocks * dim) * sizeof(float)));
+  rmsnorm_backward_fast_kernel<G, N><<<(unsigned)blocks, F2_THREADS, smem, stream>>>(
+      dx->data, is_bf16(dx), (float *)scratch.p, dy->data, is_bf16(dy), x->data, is_bf16(x), weight->data,
+      is_bf16(weight), (const float *)rstd->data, rows, dim, accumulate);
+  F2_CUDA_CHECK_LAUNCH("rmsnorm_backward_fast_kernel");
+  rmsnorm_dweight_kernel<<<(unsigned)((dim + 31) / 32), dim3(32, 32), 0, stream>>>(
+      (float *)dweight->data, (const float *)scratch.p, blocks, dim);
+  F2_CUDA_CHECK_LAUNCH("rmsnorm_dweight_kernel");
+  return F2_OK;
+}
 
 template <int G, int V>
 int launch_rmsnorm_backward(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, const f2_tensor *x,
@@ -665,6 +917,18 @@ extern "C" int f2_cuda_rmsnorm_backward(f2_tensor *dx, f2_tensor *dweight, const
                                         const f2_tensor *weight, const f2_tensor *rstd, int accumulate) {
   int64_t dim = weight->shape[0], rows = f2_tensor_numel(x) / dim;
   if (rows == 0) return F2_OK;
+  if (dim % 8 == 0 && aligned16(dx) && aligned16(dy) && aligned16(x) && aligned16(weight)) {
+    FastShape fs = fast_shape(dim / 8, 128);   /* rows up to 1024 elements: dy, x, dweight in registers */
+#define F2_NN_BWD_FAST(G, N)                                                                                  \
+  if (fs.g == G && fs.n == N)                                                                                 \
+    return launch_rmsnorm_backward_fast<G, N>(dx, dweight, dy, x, weight, rstd, rows, dim, accumulate)
+    F2_NN_BWD_FAST(4, 4);
+    F2_NN_BWD_FAST(8, 4);
+    F2_NN_BWD_FAST(16, 4);
+    F2_NN_BWD_FAST(32, 3);
+    F2_NN_BWD_FAST(32, 4);
+#undef F2_NN_BWD_FAST
+  }
   bool vec = dim % 4 == 0 && aligned4(dx) && aligned4(dy) && aligned4(x) && aligned4(weight);
 #define F2_NN_BWD(G) \
   return vec ? launch_rmsnorm_backward<G, 4>(dx, dweight, dy, x, weight, rstd, rows, dim, accumulate) \

@@ -2,7 +2,10 @@
  * (B x T = 8 x 2048 = 16384 tokens, hidden 576, intermediate 1536, vocab 49152; bf16 activations, f32
  * weights and weight gradients), against a device-to-device copy measured in the same run. Bytes are
  * the least each op must move (every input read once, every output written once), so "x copy" near 1
- * means the op runs at the copy's bandwidth. Usage: bench_nn [iterations] */
+ * means the op runs at the copy's bandwidth. Times are GPU times from the kernel-family profiler (CUDA
+ * events around each op, as bench_train's profile); the host-timed mean per call (launch overhead
+ * included) is printed beside. The GPU is warmed up first (clocks ramp up under load: a cold start made
+ * the first rows of an earlier run 3-5x slower than the training profile). Usage: bench_nn [iterations] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,11 +41,35 @@ static struct {
   f2_tensor *emb, *demb, *ids_uniform, *ids_zipf, *emb_out;     /* [VOCAB, HIDDEN] f32, ids [TOKENS] */
   f2_tensor *logits, *dlogits, *targets, *loss, *losses;       /* [TOKENS, VOCAB] bf16 */
   f2_tensor *copy_src, *copy_dst;
+  f2_tensor *down_w, *down_out;                                 /* [HIDDEN, INTER] bf16, [TOKENS, HIDDEN] */
 } T;
 
 typedef void (*bench_fn)(void);
-/* Median over 5 reps of the mean time of iters calls (ms), the device synchronized around each rep. */
-static double time_ms(bench_fn fn, int iters) {
+/* GPU ms of one call: iters calls with the profiler on, every family's total over iters (an op may run
+ * more than one family, e.g. a copy inside). */
+static double device_ms(bench_fn fn, int iters) {
+  static char report[1 << 14];
+  TRY(f2_cuda_profile_report(report, sizeof report));   /* drops anything recorded before */
+  TRY(f2_cuda_profile(1));
+  for (int i = 0; i < iters; i++) fn();
+  TRY(f2_cuda_profile_report(report, sizeof report));
+  TRY(f2_cuda_profile(0));
+  double total = 0;
+  for (char *line = report; *line;) {
+    char name[128];
+    long calls;
+    double ms;
+    if (sscanf(line, "%127s %ld %lf", name, &calls, &ms) == 3) total += ms;
+    char *next = strchr(line, '\n');
+    if (!next) break;
+    line = next + 1;
+  }
+  return total / iters;
+}
+
+/* Median over 5 reps of the mean host time of iters calls (ms), the device synchronized around each
+ * rep; *gpu_ms gets the GPU time per call (device_ms). */
+static double time_ms(bench_fn fn, int iters, double *gpu_ms) {
   enum { REPS = 5 };
   double t[REPS];
   fn();
@@ -54,6 +81,7 @@ static double time_ms(bench_fn fn, int iters) {
     t[r] = (now() - t0) * 1e3 / iters;
   }
   qsort(t, REPS, sizeof *t, compare_doubles);
+  if (gpu_ms) *gpu_ms = device_ms(fn, iters);
   return t[REPS / 2];
 }
 
@@ -71,6 +99,12 @@ static void run_emb(void) { TRY(f2_embedding_forward(T.emb_out, T.emb, T.ids_uni
 static void run_emb_backward(void) { TRY(f2_embedding_backward(T.demb, T.dy, T.ids_uniform)); }
 static void run_emb_backward_zipf(void) { TRY(f2_embedding_backward(T.demb, T.dy, T.ids_zipf)); }
 static void run_ce(void) { TRY(f2_cross_entropy_forward(T.loss, T.losses, T.logits, T.targets, -100)); }
+/* A block's down projection and residual add: h = act @ W^T then h + x (two ops), or one f2_matmul_add. */
+static void run_down_then_add(void) {
+  TRY(f2_matmul(T.down_out, T.act, T.down_w, 0, 1, 1.0f, 0.0f));
+  TRY(f2_binary(T.down_out, T.down_out, T.x, F2_OP_ADD));
+}
+static void run_down_add(void) { TRY(f2_matmul_add(T.down_out, T.act, T.down_w, 0, 1, 1.0f, T.x, 1.0f)); }
 static void run_ce_backward(void) { TRY(f2_cross_entropy_backward(T.dlogits, T.logits, T.targets, -100, 1.0f)); }
 
 static f2_tensor *tensor(int32_t dtype, int ndim, int64_t a, int64_t b, int64_t c, int64_t d) {
@@ -149,6 +183,8 @@ static void setup(void) {
   T.targets = ids_on_gpu(ids, TOKENS);
   T.loss = tensor(F2_F32, 1, 1, 0, 0, 0);
   T.losses = tensor(F2_F32, 1, TOKENS, 0, 0, 0);
+  T.down_w = randn(F2_BF16, 2, HIDDEN, INTER, 0, 0, 15);
+  T.down_out = tensor(F2_BF16, 2, TOKENS, HIDDEN, 0, 0);
   T.copy_src = randn(F2_F32, 1, 128ll << 20, 0, 0, 0, 14);
   T.copy_dst = tensor(F2_F32, 1, 128ll << 20, 0, 0, 0);
 }
@@ -166,7 +202,15 @@ int main(int argc, char **argv) {
   setup();
   TRY(f2_rmsnorm_forward(T.out, T.rstd, T.x, T.w, 1e-5f));   /* rstd for the backwards */
 
-  double copy_ms = time_ms(run_copy, iters), copy_gbs = 2.0 * (512ll << 20) / (copy_ms * 1e-3) / 1e9;
+  /* Warm-up: ~1 s of copies, so the clocks are up before anything is timed. */
+  double t0 = now();
+  while (now() - t0 < 1.0) {
+    for (int i = 0; i < 20; i++) run_copy();
+    TRY(f2_cuda_synchronize());
+  }
+  double copy_ms = 0;
+  time_ms(run_copy, iters, &copy_ms);
+  double copy_gbs = 2.0 * (512ll << 20) / (copy_ms * 1e-3) / 1e9;
   printf("\ndevice-to-device copy (512 MiB): %.0f GB/s (read + write)\n\n", copy_gbs);
 
   const double nh = (double)TOKENS * HIDDEN, ni = (double)TOKENS * INTER, nq = (double)BATCH * SEQ * HEADS * HEAD_DIM;
@@ -191,11 +235,16 @@ int main(int argc, char **argv) {
       {"cross-entropy forward", "16384x49152 bf16", run_ce, nv * bf},
       {"cross-entropy backward", "16384x49152 bf16", run_ce_backward, 2 * nv * bf},
   };
-  printf("| op | shape | us | MB (least) | GB/s | x copy |\n|---|---|---|---|---|---|\n");
+  printf("| op | shape | GPU us | host us/call | MB (least) | GB/s | x copy |\n|---|---|---|---|---|---|---|\n");
   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-    double ms = time_ms(rows[i].fn, iters), gbs = rows[i].bytes / (ms * 1e-3) / 1e9;
-    printf("| %s | %s | %.1f | %.1f | %.0f | %.2f |\n", rows[i].op, rows[i].shape, ms * 1e3, rows[i].bytes / 1e6, gbs,
-           gbs / copy_gbs);
+    double ms = 0, host_ms = time_ms(rows[i].fn, iters, &ms), gbs = rows[i].bytes / (ms * 1e-3) / 1e9;
+    printf("| %s | %s | %.1f | %.1f | %.1f | %.0f | %.2f |\n", rows[i].op, rows[i].shape, ms * 1e3, host_ms * 1e3,
+           rows[i].bytes / 1e6, gbs, gbs / copy_gbs);
   }
+  double two_ms = 0, one_ms = 0;
+  time_ms(run_down_then_add, iters, &two_ms);
+  time_ms(run_down_add, iters, &one_ms);
+  printf("\ndown projection + residual, [16384, 1536] @ [576, 1536]^T + [16384, 576] bf16: matmul then add %.1f us, "
+         "matmul_add %.1f us\n", two_ms * 1e3, one_ms * 1e3);
   return 0;
 }

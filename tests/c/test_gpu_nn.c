@@ -220,8 +220,13 @@ static void test_embedding(void) {
 
 /* ---------------------------------------------------------------- RMSNorm */
 
+/* dim % 8 == 0 up to 4096 (forward) / 1024 (backward) take the register fast path, one shape per
+ * lanes x vectors variant (64, 128, 136, 576, 768, 1000, 1024; 2048, 2560, 3072, 4096 forward only); the
+ * rest the general kernels. 8500 x 576: several rows per warp, more row groups than the backward's
+ * dweight blocks. */
 static const int64_t norm_shapes[][2] = {{33, 576}, {1000, 64}, {129, 128}, {17, 2560}, {5, 20}, {9, 7}, {4, 6},
-                                         {3, 1}, {3, 5000}, {2, 3001}, {8500, 576}};   /* the last: several rows per block */
+                                         {3, 1}, {3, 5000}, {2, 3001}, {8500, 576}, {40, 136}, {300, 768},
+                                         {50, 1000}, {7, 1024}, {6, 2048}, {4, 3072}, {5, 4096}};
 enum { NORM_SHAPES = sizeof norm_shapes / sizeof norm_shapes[0] };
 static const float norm_eps = 1e-5f;
 
@@ -330,13 +335,14 @@ static void test_rmsnorm_backward(void) {
       }
 }
 
-/* Views that start one element into their storage: 4-wide loads would be misaligned, so the kernels
- * must take their scalar path although dim is a multiple of 4. */
-static f2_tensor *offset_view(const f2_tensor *base, int ndim, const int64_t *shape) {
+/* Views that start `offset` elements into their storage: 1 misaligns 4-wide loads (the scalar path
+ * although dim is a multiple of 4); 4 misaligns 16-byte loads of bf16 (the RMSNorm 4-wide path) but not
+ * of f32 (its fast path). */
+static f2_tensor *offset_view(const f2_tensor *base, int ndim, const int64_t *shape, int64_t offset) {
   int64_t stride[8];
   stride[ndim - 1] = 1;
   for (int d = ndim - 2; d >= 0; d--) stride[d] = stride[d + 1] * shape[d + 1];
-  f2_tensor *v = f2_tensor_as_strided(base, ndim, shape, stride, 1);
+  f2_tensor *v = f2_tensor_as_strided(base, ndim, shape, stride, offset);
   if (!v) {
     fprintf(stderr, "f2_tensor_as_strided failed: %s\n", f2_last_error());
     exit(1);
@@ -346,24 +352,27 @@ static f2_tensor *offset_view(const f2_tensor *base, int ndim, const int64_t *sh
 
 static void test_misaligned(void) {
   char what[192];
-  for (int xi = 0; xi < 2; xi++) {
-    int32_t xt = float_dtypes[xi];
-    int64_t rows = 19, dim = 576, shape[2] = {rows, dim}, flat = rows * dim + 1;
-    f2_tensor *x = randn(xt, 2, shape, 1.0), *w = randn(F2_F32, 1, &dim, 1.0), *wg = on(F2_CUDA, w);
-    f2_tensor *store_x = new_tensor(xt, F2_CUDA, 1, &flat), *store_out = new_tensor(xt, F2_CUDA, 1, &flat);
-    f2_tensor *xg = offset_view(store_x, 2, shape), *out_g = offset_view(store_out, 2, shape);
-    copy_or_die(xg, x);
-    f2_tensor *out = new_tensor(xt, F2_CPU, 2, shape);
-    CHECK_OK(f2_rmsnorm_forward(out, NULL, x, w, norm_eps));
-    CHECK_OK(f2_rmsnorm_forward(out_g, NULL, xg, wg, norm_eps));
-    snprintf(what, sizeof what, "rmsnorm forward, misaligned views [%lld, %lld] %s", (long long)rows, (long long)dim, dn(xt));
-    compare(what, out_g, out, dtype_rtol(xt), 1e-6);
-    CHECK_OK(f2_swiglu_forward(out, x, x));
-    CHECK_OK(f2_swiglu_forward(out_g, xg, xg));
-    snprintf(what, sizeof what, "swiglu forward, misaligned views [%lld, %lld] %s", (long long)rows, (long long)dim, dn(xt));
-    compare(what, out_g, out, dtype_rtol(xt), 1e-6);
-    FREE(x, w, wg, store_x, store_out, xg, out_g, out);
-  }
+  for (int xi = 0; xi < 2; xi++)
+    for (int64_t offset = 1; offset <= 4; offset += 3) {
+      int32_t xt = float_dtypes[xi];
+      int64_t rows = 19, dim = 576, shape[2] = {rows, dim}, flat = rows * dim + offset;
+      f2_tensor *x = randn(xt, 2, shape, 1.0), *w = randn(F2_F32, 1, &dim, 1.0), *wg = on(F2_CUDA, w);
+      f2_tensor *store_x = new_tensor(xt, F2_CUDA, 1, &flat), *store_out = new_tensor(xt, F2_CUDA, 1, &flat);
+      f2_tensor *xg = offset_view(store_x, 2, shape, offset), *out_g = offset_view(store_out, 2, shape, offset);
+      copy_or_die(xg, x);
+      f2_tensor *out = new_tensor(xt, F2_CPU, 2, shape);
+      CHECK_OK(f2_rmsnorm_forward(out, NULL, x, w, norm_eps));
+      CHECK_OK(f2_rmsnorm_forward(out_g, NULL, xg, wg, norm_eps));
+      snprintf(what, sizeof what, "rmsnorm forward, views at +%lld [%lld, %lld] %s", (long long)offset, (long long)rows,
+               (long long)dim, dn(xt));
+      compare(what, out_g, out, dtype_rtol(xt), 1e-6);
+      CHECK_OK(f2_swiglu_forward(out, x, x));
+      CHECK_OK(f2_swiglu_forward(out_g, xg, xg));
+      snprintf(what, sizeof what, "swiglu forward, views at +%lld [%lld, %lld] %s", (long long)offset, (long long)rows,
+               (long long)dim, dn(xt));
+      compare(what, out_g, out, dtype_rtol(xt), 1e-6);
+      FREE(x, w, wg, store_x, store_out, xg, out_g, out);
+    }
 }
 
 /* ---------------------------------------------------------------- RoPE */
