@@ -491,6 +491,7 @@ function M.fit(cfg, opts)
   end
   result.steps_done = step
   result.status = status
+  if device == "cuda" then result.peak_gpu_bytes = f2.cuda.memory_stats().peak_allocated end
   if step >= total and status == 0 then
     if last_eval_step ~= step then run_eval(step) end
     result.final_eval = result.evals[#result.evals]
@@ -522,6 +523,7 @@ local function summary(cfg, r, say)
       log.thousands(row[2].tokens))
   end
   if r.skipped > 0 then say("  %d step(s) were skipped for a non-finite loss or gradient", r.skipped) end
+  if r.peak_gpu_bytes then say("peak GPU memory: %.2f GiB (the allocator's, evaluations included)", r.peak_gpu_bytes / 2 ^ 30) end
 end
 
 -- Exports the final checkpoint (lua/fairy2/export.lua): an HF directory and the packed file.

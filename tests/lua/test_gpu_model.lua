@@ -119,14 +119,21 @@ do
     local opt = optim.AdamW(m:named_parameters(), { lr = 1e-3, betas = { 0.9, 0.95 }, weight_decay = 0.1 }, m.flat)
     local s = step.new(m, opt, { batch = B, seq_len = T, accum = 2, clip = 1.0, graph = true })
     losses[key] = {}
+    local allocs = {}
     for i = 1, N do
       losses[key][i] = s:run(function(micro, dst_ids, dst_targets)
         local b = batches[(i + micro - 1) % N + 1]
         dst_ids:copy(b[1])
         dst_targets:copy(b[2])
       end, 1e-3)
+      if key ~= "cpu" then allocs[i] = f2.cuda.memory_stats().num_allocs end
     end
-    if key ~= "cpu" then t.check(s.graph ~= nil, key .. ": the step ran as a CUDA graph") end
+    if key ~= "cpu" then
+      t.check(s.graph ~= nil, key .. ": the step ran as a CUDA graph")
+      -- Steps 3.. are replays: no GPU allocation at all (not even from the allocator's cache).
+      t.check(allocs[N] == allocs[3], string.format("%s: replayed steps allocate nothing (%d allocations in steps 4..%d)",
+        key, allocs[N] - allocs[3], N))
+    end
     s:free()
   end
   for key, tol in pairs { f32 = 1e-3, bf16 = 3e-2 } do

@@ -22,8 +22,7 @@ function Block:forward(x)
   local a = self.self_attn:forward(h1)
   local r, h2 = self.post_attention_layernorm:forward_residual(x, a)
   a:free()
-  local out = self.mlp:forward(h2)
-  out:add_(r)
+  local out = self.mlp:forward(h2, r)   -- + r inside the down projection's GEMM
   self.saved = { h1 = h1, r = r, h2 = h2 }
   return out
 end

@@ -62,11 +62,20 @@ local function rows_of(self, x, what)
   return x:view({ x:numel() / self.in_features, self.in_features }), shape
 end
 
-function Linear:forward(x)
+-- residual (optional, of the output's shape and x's dtype): y = x W^T + b + residual, the add done by
+-- the GEMM itself (f2_matmul_add: no separate pass).
+function Linear:forward(x, residual)
   local x2, shape = rows_of(self, x, self.__name .. ":forward")
   local xin, w = self:gemm_input(x2), self:gemm_weight(x2)
-  local y = f2.empty({ x2:shape()[1], self.out_features }, { dtype = x2:dtype(), device = x2:device() })
-  f2.check(C.f2_matmul(h(y), h(xin), h(w), 0, 1, 1, 0), self.__name .. ":forward", 2)
+  local rows = x2:shape()[1]
+  local y = f2.empty({ rows, self.out_features }, { dtype = x2:dtype(), device = x2:device() })
+  if residual then
+    local r2 = residual:view({ rows, self.out_features })
+    f2.check(C.f2_matmul_add(h(y), h(xin), h(w), 0, 1, 1, h(r2), 1), self.__name .. ":forward", 2)
+    r2:free()
+  else
+    f2.check(C.f2_matmul(h(y), h(xin), h(w), 0, 1, 1, 0), self.__name .. ":forward", 2)
+  end
   if self.bias then y:add_(self.bias) end
   if xin ~= x2 then x2:free() end
   if self.saved then self.saved.x_in:free() end   -- a forward that no backward followed

@@ -18,11 +18,12 @@ function MLP:init(hidden, intermediate, opts)
   self:register_module("down_proj", Linear(intermediate, hidden, lopts))
 end
 
-function MLP:forward(x)
+-- residual (optional): added to the output by the down projection's GEMM.
+function MLP:forward(x, residual)
   local gate, up = self.gate_proj:forward(x), self.up_proj:forward(x)
   local act = f2.empty(gate:shape(), { dtype = gate:dtype(), device = x:device() })
   f2.check(C.f2_swiglu_forward(act.h, gate.h, up.h), "MLP:forward", 2)
-  local y = self.down_proj:forward(act)
+  local y = self.down_proj:forward(act, residual)
   if self.recompute then
     self.down_proj.saved.x_in:free()   -- down_proj's copy of act: rebuilt in backward
     self.down_proj.saved.x_in = nil
