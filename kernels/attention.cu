@@ -5,13 +5,17 @@
  * (mma.sync m16n8k16 bf16, fp32 accumulation), tiles staged in shared memory by cp.async, online
  * softmax in fp32 (exp2 of scores pre-scaled by scale*log2e), KV blocks above the diagonal skipped.
  * Each warp owns RM tiles of 16 rows, so a K/V/Q/dO fragment read from shared memory feeds RM MMAs;
- * tile shapes per head dim are in tc_config. P and dS are rounded to bf16 for their GEMMs, as every
- * flash attention does. The backward is
+ * tile shapes per head dim come in variants picked at run time (F2_ATTN_VARIANT, "tile variants"
+ * below). P and dS are rounded to bf16 for their GEMMs, as every flash attention does. The backward is
  * deterministic without atomics: D_i = dout_i . out_i first, then one kernel per KV block for dK/dV
- * (looping over the query blocks of every head of its group in a fixed order) and one per query block
- * for dQ (recomputing P and dP). Every other case (f32 or mixed inputs, other head dims up to 1024,
- * decode) takes a plain fp32 path: one block per query (or key) row, online softmax over chunks of
- * keys, sums in a fixed order; it matches the CPU to fp32 rounding. */
+ * (looping over the query blocks of every head of its group in a fixed order) and either one per query
+ * block for dQ (recomputing P and dP) or, fused, dQ partials per KV block written by the dK/dV kernel
+ * to scratch and summed in KV-block order by a second kernel. Every other case (f32 or mixed inputs,
+ * other head dims up to 1024, decode) takes a plain fp32 path: one block per query (or key) row, online
+ * softmax over chunks of keys, sums in a fixed order; it matches the CPU to fp32 rounding. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "f2_cuda.cuh"
 
 extern __shared__ __align__(16) unsigned char attn_smem[];   /* every kernel's dynamic shared memory */
@@ -153,8 +157,8 @@ __device__ __forceinline__ void warp_gemm_pb(float (&acc)[RM][D / 8][4], const f
 /* ---------------------------------------------------------------- tensor-core forward
  * Block: NW warps, each owning WR = 16 RM query rows, BM = WR NW queries of one (batch, head). KV blocks
  * of BN keys, double-buffered. Grid (ceil(T/BM), B*H), the longest (last) query blocks first. */
-template <int D, int NW, int RM, int BN>
-__global__ void __launch_bounds__(NW * 32)
+template <int D, int NW, int RM, int BN, int MINB>
+__global__ void __launch_bounds__(NW * 32, MINB)
 fwd_tc(void *out, int32_t out_dtype, float *lse, const uint16_t *__restrict__ q, const uint16_t *__restrict__ k,
        const uint16_t *__restrict__ v, int T, int H, int Hkv, float scale_log2) {
   constexpr int WR = 16 * RM, BM = WR * NW, SD = D + 8, NT = NW * 32;
@@ -281,8 +285,8 @@ __global__ void bwd_rowdot(float *dvec, const void *dout, int32_t dout_dtype, co
 /* dQ: block of BM = 16 RM NW query rows of one (batch, head), WR = 16 RM per warp; KV blocks of BN keys,
  * double-buffered; per block S = Q K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - D), dQ += dS K;
  * dq = scale dQ. Grid (ceil(T/BM), B*H), the longest (last) query blocks first. */
-template <int D, int NW, int RM, int BN>
-__global__ void __launch_bounds__(NW * 32)
+template <int D, int NW, int RM, int BN, int MINB>
+__global__ void __launch_bounds__(NW * 32, MINB)
 bwd_dq_tc(void *dq, int32_t dq_dtype, const uint16_t *__restrict__ q, const uint16_t *__restrict__ k,
           const uint16_t *__restrict__ v, const uint16_t *__restrict__ dout, const float *__restrict__ lse,
           const float *__restrict__ dvec, int T, int H, int Hkv, float scale_log2, float scale) {
@@ -366,98 +370,181 @@ bwd_dq_tc(void *dq, int32_t dq_dtype, const uint16_t *__restrict__ q, const uint
  * of the group, then the query blocks (BM queries, double-buffered) from the diagonal on, in that fixed
  * order. Per block, transposed: S^T = K Q^T, P^T = exp(S^T - lse), dP^T = V dO^T, dV += P^T dO,
  * dS^T = P^T (dP^T - D), dK += dS^T Q; dk = scale dK. Grid (ceil(T/BN), B*Hkv), the longest (first)
- * key blocks first. */
-template <int D, int NW, int RM, int BM>
-__global__ void __launch_bounds__(NW * 32)
-bwd_dkdv_tc(void *dk, int32_t dk_dtype, void *dv, int32_t dv_dtype, const uint16_t *__restrict__ q,
-            const uint16_t *__restrict__ k, const uint16_t *__restrict__ v, const uint16_t *__restrict__ dout,
-            const float *__restrict__ lse, const float *__restrict__ dvec, int T, int H, int Hkv, float scale_log2,
-            float scale) {
-  constexpr int WK = 16 * RM, BN = WK * NW, SD = D + 8, NT = NW * 32;
+ * key blocks first. PAIR: block x does key blocks x and nkb-1-x one after the other (grid x ceil(nkb/2)),
+ * so every block has the same work: with causal masking key block x sees T - x BN queries, and the
+ * few longest blocks otherwise set the kernel's time when the grid is about one wave. FUSEDQ: per query
+ * block also dQ's partial over these keys, dS K, with dS^T through shared memory, to scratch dqp (fp32,
+ * no atomics); bwd_dq_reduce sums the partials. Costs one GEMM and the partials' traffic (about
+ * nkb/2 fp32 copies of dq) instead of the dQ kernel's three GEMMs. */
+template <int D, int NW, int RM, int BM, int MINB, bool PAIR, bool FUSEDQ>
+__global__ void __launch_bounds__(NW * 32, MINB)
+bwd_dkdv_tc(void *dk, int32_t dk_dtype, void *dv, int32_t dv_dtype, float *__restrict__ dqp,
+            const uint16_t *__restrict__ q, const uint16_t *__restrict__ k, const uint16_t *__restrict__ v,
+            const uint16_t *__restrict__ dout, const float *__restrict__ lse, const float *__restrict__ dvec, int T,
+            int H, int Hkv, float scale_log2, float scale) {
+  constexpr int WK = 16 * RM, BN = WK * NW, SD = D + 8, NT = NW * 32, SS = BM + 8;
+  static_assert(!FUSEDQ || BN % BM == 0, "fused dQ: query blocks start on the key block");
   uint16_t *sK = (uint16_t *)attn_smem, *sV = sK + BN * SD, *sQ = sV + BN * SD, *sO = sQ + 2 * BM * SD;
   float *sL = (float *)(sO + 2 * BM * SD), *sD = sL + 2 * BM;
-  const int nb = blockIdx.x, bg = blockIdx.y, b = bg / Hkv, g = bg % Hkv, group = H / Hkv;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n0 = nb * BN;
+  uint16_t *sS = (uint16_t *)(sD + 2 * BM);   /* FUSEDQ: dS^T [BN keys][BM queries], row stride SS */
+  const int bg = blockIdx.y, b = bg / Hkv, g = bg % Hkv, group = H / Hkv;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t qld = (int64_t)H * D, kld = (int64_t)Hkv * D;
   const uint16_t *kb = k + ((int64_t)b * T * Hkv + g) * D, *vb = v + ((int64_t)b * T * Hkv + g) * D;
-  const int m_first = n0 / BM, m_count = (T + BM - 1) / BM - m_first, iters = group * m_count;
+  const int nkb = (T + BN - 1) / BN, partner = nkb - 1 - (int)blockIdx.x;
+  const int passes = PAIR && partner != (int)blockIdx.x ? 2 : 1;
+  for (int pass = 0; pass < passes; pass++) {
+    if (pass) __syncthreads();   /* the first pass's last readers of shared memory are done */
+    const int nb = pass ? partner : blockIdx.x, n0 = nb * BN;
+    const int m_first = n0 / BM, m_count = (T + BM - 1) / BM - m_first, iters = group * m_count;
+    /* FUSEDQ: dqp holds, per (batch, head), the dQ partial of key block n for rows t >= n BN at row
+     * n T - BN n (n-1) / 2 + t - n BN (the blocks' row ranges packed one after the other), R rows in all. */
+    const int64_t R = (int64_t)nkb * T - (int64_t)BN * nkb * (nkb - 1) / 2,
+                  prow = (int64_t)nb * T - (int64_t)BN * nb * (nb - 1) / 2;
 
-  /* Stages query block `it` (head, block) into buffer buf, all by cp.async: Q, dO, lse and D (0 past T,
-   * where the mask zeroes P anyway). */
-  auto stage = [&](int it, int buf) {
-    const int h = g * group + it / m_count, m0 = (m_first + it % m_count) * BM;
-    const int64_t off = ((int64_t)b * T * H + h) * D + (int64_t)m0 * qld;
-    load_tile<BM, D, NT>(sQ + buf * BM * SD, q + off, qld, T - m0);
-    load_tile<BM, D, NT>(sO + buf * BM * SD, dout + off, qld, T - m0);
-    for (int i = threadIdx.x; i < BM; i += NT) {
-      const int t = m0 + i;
-      const int64_t at = ((int64_t)b * H + h) * T + (t < T ? t : 0);
-      cp_async4(sL + buf * BM + i, lse + at, t < T);
-      cp_async4(sD + buf * BM + i, dvec + at, t < T);
-    }
-  };
-
-  load_tile<BN, D, NT>(sK, kb + (int64_t)n0 * kld, kld, T - n0);
-  load_tile<BN, D, NT>(sV, vb + (int64_t)n0 * kld, kld, T - n0);
-  stage(0, 0);
-  cp_async_commit();
-
-  float dK[RM][D / 8][4], dV[RM][D / 8][4];
-#pragma unroll
-  for (int r = 0; r < RM; r++)
-#pragma unroll
-    for (int j = 0; j < D / 8; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) dK[r][j][e] = dV[r][j][e] = 0;
-  const int key0 = n0 + warp * WK + lane / 4, warp_key_min = n0 + warp * WK, warp_key_max = warp_key_min + WK - 1;
-
-  for (int it = 0; it < iters; it++) {
-    const int buf = it & 1, m0 = (m_first + it % m_count) * BM;
-    if (it + 1 < iters) {
-      stage(it + 1, buf ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    if (warp_key_min <= m0 + BM - 1 && warp_key_min < T) {   /* else no query of the block sees these keys */
-      const uint16_t *cQ = sQ + buf * BM * SD, *cO = sO + buf * BM * SD;
-      const float *cL = sL + buf * BM, *cD = sD + buf * BM;
-      float p[RM][BM / 8][4], dp[RM][BM / 8][4];
-      warp_gemm_abt<D, RM, BM / 8>(p, sK + warp * WK * SD, cQ, lane);
-      warp_gemm_abt<D, RM, BM / 8>(dp, sV + warp * WK * SD, cO, lane);
-      const bool masked = warp_key_max > m0 || m0 + BM > T;
-#pragma unroll
-      for (int r = 0; r < RM; r++)
-#pragma unroll
-        for (int j = 0; j < BM / 8; j++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int c = j * 8 + (lane % 4) * 2 + (e & 1);   /* query within the block */
-            float pe = fast_exp2(p[r][j][e] * scale_log2 - cL[c] * kLog2e);
-            if (masked && (key0 + r * 16 + (e >> 1) * 8 > m0 + c || m0 + c >= T)) pe = 0;
-            p[r][j][e] = pe;
-            dp[r][j][e] = pe * (dp[r][j][e] - cD[c]);   /* dS^T */
-          }
-      warp_gemm_pb<D, RM, BM / 16>(dV, p, cO, lane);
-      warp_gemm_pb<D, RM, BM / 16>(dK, dp, cQ, lane);
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int r = 0; r < RM; r++)
-#pragma unroll
-    for (int rr = 0; rr < 2; rr++) {
-      const int key = key0 + r * 16 + rr * 8;
-      if (key >= T) continue;
-      const int64_t base = (((int64_t)b * T + key) * Hkv + g) * D + (lane % 4) * 2;
-#pragma unroll
-      for (int jd = 0; jd < D / 8; jd++) {
-        store2(dk, dk_dtype, base + jd * 8, dK[r][jd][2 * rr] * scale, dK[r][jd][2 * rr + 1] * scale);
-        store2(dv, dv_dtype, base + jd * 8, dV[r][jd][2 * rr], dV[r][jd][2 * rr + 1]);
+    /* Stages query block `it` (head, block) into buffer buf, all by cp.async: Q, dO, lse and D (0 past T,
+     * where the mask zeroes P anyway). */
+    auto stage = [&](int it, int buf) {
+      const int h = g * group + it / m_count, m0 = (m_first + it % m_count) * BM;
+      const int64_t off = ((int64_t)b * T * H + h) * D + (int64_t)m0 * qld;
+      load_tile<BM, D, NT>(sQ + buf * BM * SD, q + off, qld, T - m0);
+      load_tile<BM, D, NT>(sO + buf * BM * SD, dout + off, qld, T - m0);
+      for (int i = threadIdx.x; i < BM; i += NT) {
+        const int t = m0 + i;
+        const int64_t at = ((int64_t)b * H + h) * T + (t < T ? t : 0);
+        cp_async4(sL + buf * BM + i, lse + at, t < T);
+        cp_async4(sD + buf * BM + i, dvec + at, t < T);
       }
+    };
+
+    load_tile<BN, D, NT>(sK, kb + (int64_t)n0 * kld, kld, T - n0);
+    load_tile<BN, D, NT>(sV, vb + (int64_t)n0 * kld, kld, T - n0);
+    stage(0, 0);
+    cp_async_commit();
+
+    float dK[RM][D / 8][4], dV[RM][D / 8][4];
+#pragma unroll
+    for (int r = 0; r < RM; r++)
+#pragma unroll
+      for (int j = 0; j < D / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dK[r][j][e] = dV[r][j][e] = 0;
+    const int key0 = n0 + warp * WK + lane / 4, warp_key_min = n0 + warp * WK, warp_key_max = warp_key_min + WK - 1;
+
+    for (int it = 0; it < iters; it++) {
+      const int buf = it & 1, m0 = (m_first + it % m_count) * BM;
+      if (it + 1 < iters) {
+        stage(it + 1, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      if (warp_key_min <= m0 + BM - 1 && warp_key_min < T) {   /* else no query of the block sees these keys */
+        const uint16_t *cQ = sQ + buf * BM * SD, *cO = sO + buf * BM * SD;
+        const float *cL = sL + buf * BM, *cD = sD + buf * BM;
+        float p[RM][BM / 8][4], dp[RM][BM / 8][4];
+        warp_gemm_abt<D, RM, BM / 8>(p, sK + warp * WK * SD, cQ, lane);
+        warp_gemm_abt<D, RM, BM / 8>(dp, sV + warp * WK * SD, cO, lane);
+        const bool masked = warp_key_max > m0 || m0 + BM > T;
+#pragma unroll
+        for (int r = 0; r < RM; r++)
+#pragma unroll
+          for (int j = 0; j < BM / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+              const int c = j * 8 + (lane % 4) * 2 + (e & 1);   /* query within the block */
+              float pe = fast_exp2(p[r][j][e] * scale_log2 - cL[c] * kLog2e);
+              if (masked && (key0 + r * 16 + (e >> 1) * 8 > m0 + c || m0 + c >= T)) pe = 0;
+              p[r][j][e] = pe;
+              dp[r][j][e] = pe * (dp[r][j][e] - cD[c]);   /* dS^T */
+            }
+        if constexpr (FUSEDQ) {   /* dS^T of the warp's keys, bf16 as in the GEMMs, for the dQ GEMM below */
+#pragma unroll
+          for (int r = 0; r < RM; r++)
+#pragma unroll
+            for (int j = 0; j < BM / 8; j++)
+#pragma unroll
+              for (int rr = 0; rr < 2; rr++)
+                *(uint32_t *)(sS + (warp * WK + r * 16 + lane / 4 + rr * 8) * SS + j * 8 + (lane % 4) * 2) =
+                    pack_bf16(dp[r][j][2 * rr], dp[r][j][2 * rr + 1]);
+        }
+        warp_gemm_pb<D, RM, BM / 16>(dV, p, cO, lane);
+        warp_gemm_pb<D, RM, BM / 16>(dK, dp, cQ, lane);
+      } else if constexpr (FUSEDQ) {   /* the warp's keys see none of these queries: dS^T = 0 */
+        for (int i = lane; i < WK * BM / 2; i += 32)
+          *(uint32_t *)(sS + (warp * WK + i / (BM / 2)) * SS + (i % (BM / 2)) * 2) = 0;
+      }
+      if constexpr (FUSEDQ) {
+        /* The query block's dQ partial over this key block, dS [BM x BN] K [BN x D], in 16 x 16 tiles
+         * spread over the warps, stored fp32 to dqp (summed over key blocks by bwd_dq_reduce). */
+        __syncthreads();
+        const int h = g * group + it / m_count;
+        float *part = dqp + ((int64_t)(b * H + h) * R + prow + (m0 - n0)) * D;
+        for (int item = warp; item < (BM / 16) * (D / 16); item += NW) {
+          const int mt = item / (D / 16), nd = item % (D / 16);
+          float acc[2][4] = {};
+#pragma unroll
+          for (int kb = 0; kb < BN / 16; kb++) {
+            uint32_t a[4], bk[4];
+            ldmatrix_x4_trans(a, sS + (kb * 16 + (lane & 7) + (lane >> 4) * 8) * SS + mt * 16 + ((lane >> 3) & 1) * 8);
+            ldmatrix_x4_trans(bk, sK + (kb * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SD + nd * 16 + (lane >> 4) * 8);
+            mma_bf16(acc[0], a, bk[0], bk[1]);
+            mma_bf16(acc[1], a, bk[2], bk[3]);
+          }
+#pragma unroll
+          for (int rr = 0; rr < 2; rr++) {
+            const int row = mt * 16 + lane / 4 + rr * 8;
+            if (m0 + row >= T) continue;
+#pragma unroll
+            for (int jj = 0; jj < 2; jj++)
+              *(float2 *)(part + (int64_t)row * D + nd * 16 + jj * 8 + (lane % 4) * 2) =
+                  make_float2(acc[jj][2 * rr], acc[jj][2 * rr + 1]);
+          }
+        }
+      }
+      __syncthreads();
     }
+#pragma unroll
+    for (int r = 0; r < RM; r++)
+#pragma unroll
+      for (int rr = 0; rr < 2; rr++) {
+        const int key = key0 + r * 16 + rr * 8;
+        if (key >= T) continue;
+        const int64_t base = (((int64_t)b * T + key) * Hkv + g) * D + (lane % 4) * 2;
+#pragma unroll
+        for (int jd = 0; jd < D / 8; jd++) {
+          store2(dk, dk_dtype, base + jd * 8, dK[r][jd][2 * rr] * scale, dK[r][jd][2 * rr + 1] * scale);
+          store2(dv, dv_dtype, base + jd * 8, dV[r][jd][2 * rr], dV[r][jd][2 * rr + 1]);
+        }
+      }
+  }   /* pass */
+}
+
+/* Fused dQ's second step: dq[b,t,h] = scale sum over key blocks n = 0 .. t/BN of the partials (layout in
+ * bwd_dkdv_tc), in that order; a thread per 4 columns of a row. */
+__global__ void bwd_dq_reduce(void *dq, int32_t dq_dtype, const float *__restrict__ part, int B, int T, int H, int D,
+                              int BN, int64_t R, float scale) {
+  const int64_t n = (int64_t)B * T * H * (D / 4);
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int c = (int)(i % (D / 4)) * 4;
+    const int64_t row = i / (D / 4), bt = row / H;
+    const int h = (int)(row % H), t = (int)(bt % T), b = (int)(bt / T);
+    const float *p = part + ((int64_t)(b * H + h) * R + t) * D + c;   /* key block 0: its row t */
+    float4 s = *(const float4 *)p;
+    for (int nb = 1; nb * BN <= t; nb++) {
+      p += (int64_t)(T - BN * nb) * D;   /* row of key block nb = row of nb-1 + T - nb BN */
+      const float4 x = *(const float4 *)p;
+      s.x += x.x;
+      s.y += x.y;
+      s.z += x.z;
+      s.w += x.w;
+    }
+    const int64_t off = row * D + c;
+    store2(dq, dq_dtype, off, s.x * scale, s.y * scale);
+    store2(dq, dq_dtype, off + 2, s.z * scale, s.w * scale);
+  }
 }
 
 /* ---------------------------------------------------------------- plain fp32 path
@@ -677,63 +764,207 @@ int smem_opt_in(K kernel, size_t bytes, bool &done) {
 const uint16_t *u16(const f2_tensor *t) { return (const uint16_t *)t->data; }
 ftensor ft(const f2_tensor *t) { return {t->data, t->dtype}; }
 
-/* Tile shapes per head dim, all with NW = 4 warps: the forward's and dQ's RM (16-row tiles per warp) and
- * BN (keys per block); dK/dV's RM (16-key tiles per warp) and BM (queries per block). More rows per warp
- * reuse each B fragment read from shared memory more often; the accumulators must stay in registers. */
-template <int D>
-struct tc_config;
-template <>
-struct tc_config<64> {
-  static constexpr int NW = 4, FWD_RM = 2, FWD_BN = 64, DQ_RM = 2, DQ_BN = 32, KV_RM = 2, KV_BM = 32;
+/* ---------------------------------------------------------------- tile variants
+ * Each tensor-core kernel comes in a few tile shapes per head dim, picked at run time by
+ * F2_ATTN_VARIANT, e.g. "fwd=1,dq=0,kv=2": per kernel an index into its list below (kernels not named keep
+ * their default, a later entry overrides an earlier one). It is read at every call (a getenv, nothing next
+ * to a launch) so that bench_attention can time every variant in one process; a CUDA graph keeps the
+ * variants it was captured with. Shapes: NW warps of RM 16-row tiles each (fwd, dQ: query rows; dK/dV:
+ * keys), BN keys (fwd, dQ) or BM queries (dK/dV) per inner block; MINB asks the compiler for registers
+ * that fit MINB blocks per SM (65536 / (MINB * 32 NW) each, beyond that it spills); PAIR balances dK/dV's
+ * causal work (see bwd_dkdv_tc). More rows per warp reuse each fragment read from shared memory more
+ * often; fewer keep more warps resident. Index 0 is the shape first measured on the H200 and stays the
+ * default until bench_attention (which times every variant) says otherwise. */
+struct attn_variant {
+  int fwd, dq, kv;
 };
-template <>
-struct tc_config<128> {
-  static constexpr int NW = 4, FWD_RM = 2, FWD_BN = 32, DQ_RM = 1, DQ_BN = 64, KV_RM = 1, KV_BM = 32;
-};
+constexpr attn_variant kDefault64 = {0, 0, 0}, kDefault128 = {0, 0, 0};
+constexpr attn_variant kCount64 = {6, 5, 15}, kCount128 = {5, 5, 10};   /* the lists' lengths */
 
-template <int D>
+int read_variant(const char *op, int64_t D, attn_variant *v) {
+  *v = D == 64 ? kDefault64 : kDefault128;
+  const attn_variant cnt = D == 64 ? kCount64 : kCount128;
+  const char *env = getenv("F2_ATTN_VARIANT");
+  if (!env) return F2_OK;
+  for (const char *s = env; *s;) {
+    if (*s == ',' || *s == ' ') {
+      s++;
+      continue;
+    }
+    int *dst = !strncmp(s, "fwd=", 4)  ? &v->fwd
+               : !strncmp(s, "dq=", 3) ? &v->dq
+               : !strncmp(s, "kv=", 3) ? &v->kv
+                                       : nullptr;
+    if (!dst)
+      return F2_FAIL(F2_ERR_ARG, "%s: F2_ATTN_VARIANT \"%s\": expected fwd=N, dq=N, kv=N separated by commas", op,
+                     env);
+    s = strchr(s, '=') + 1;
+    char *end;
+    long n = strtol(s, &end, 10);
+    if (end == s || n < 0 || n > 1000)
+      return F2_FAIL(F2_ERR_ARG, "%s: F2_ATTN_VARIANT \"%s\": expected a variant index after '='", op, env);
+    *dst = (int)n;
+    s = end;
+  }
+  const char *bad = v->fwd >= cnt.fwd ? "fwd" : v->dq >= cnt.dq ? "dq" : v->kv >= cnt.kv ? "kv" : nullptr;
+  if (bad)
+    return F2_FAIL(F2_ERR_ARG,
+                   "%s: F2_ATTN_VARIANT \"%s\": %s variant out of range for head_dim %d "
+                   "(fwd 0..%d, dq 0..%d, kv 0..%d)",
+                   op, env, bad, (int)D, cnt.fwd - 1, cnt.dq - 1, cnt.kv - 1);
+  return F2_OK;
+}
+
+template <int D, int NW, int RM, int BN, int MINB>
 int launch_fwd_tc(f2_tensor *out, f2_tensor *lse, const f2_tensor *q, const f2_tensor *k, const f2_tensor *v,
                   dims d, float scale) {
-  using C = tc_config<D>;
-  constexpr int BM = 16 * C::FWD_RM * C::NW;
-  const size_t smem = (size_t)(BM + 4 * C::FWD_BN) * (D + 8) * sizeof(uint16_t);
-  auto kernel = fwd_tc<D, C::NW, C::FWD_RM, C::FWD_BN>;
+  constexpr int BM = 16 * RM * NW;
+  const size_t smem = (size_t)(BM + 4 * BN) * (D + 8) * sizeof(uint16_t);
+  auto kernel = fwd_tc<D, NW, RM, BN, MINB>;
   static bool opted;
   F2_TRY(smem_opt_in(kernel, smem, opted));
   dim3 grid((unsigned)((d.T + BM - 1) / BM), (unsigned)(d.B * d.H));
-  kernel<<<grid, C::NW * 32, smem, f2_cuda_stream()>>>(out->data, out->dtype, lse ? (float *)lse->data : nullptr,
-                                                       u16(q), u16(k), u16(v), (int)d.T, (int)d.H, (int)d.Hkv,
-                                                       scale * kLog2e);
+  kernel<<<grid, NW * 32, smem, f2_cuda_stream()>>>(out->data, out->dtype, lse ? (float *)lse->data : nullptr, u16(q),
+                                                    u16(k), u16(v), (int)d.T, (int)d.H, (int)d.Hkv, scale * kLog2e);
   F2_CUDA_CHECK_LAUNCH("attention forward (tensor cores)");
   return F2_OK;
 }
 
-template <int D>
-int launch_bwd_tc(f2_tensor *dq, f2_tensor *dk, f2_tensor *dv, const f2_tensor *dout, const f2_tensor *q,
-                  const f2_tensor *k, const f2_tensor *v, const f2_tensor *lse, const float *dvec, dims d,
-                  float scale) {
-  using C = tc_config<D>;
-  constexpr int BM = 16 * C::DQ_RM * C::NW, BN = 16 * C::KV_RM * C::NW;
-  const size_t smem_dq = (size_t)(2 * BM + 4 * C::DQ_BN) * (D + 8) * sizeof(uint16_t);
-  const size_t smem_kv =
-      (size_t)(2 * BN + 4 * C::KV_BM) * (D + 8) * sizeof(uint16_t) + 4 * C::KV_BM * sizeof(float);
-  auto kernel_dq = bwd_dq_tc<D, C::NW, C::DQ_RM, C::DQ_BN>;
-  auto kernel_kv = bwd_dkdv_tc<D, C::NW, C::KV_RM, C::KV_BM>;
-  static bool opted_dq, opted_kv;
-  F2_TRY(smem_opt_in(kernel_dq, smem_dq, opted_dq));
-  F2_TRY(smem_opt_in(kernel_kv, smem_kv, opted_kv));
-  const float *l = (const float *)lse->data;
-  dim3 grid_kv((unsigned)((d.T + BN - 1) / BN), (unsigned)(d.B * d.Hkv));
-  kernel_kv<<<grid_kv, C::NW * 32, smem_kv, f2_cuda_stream()>>>(dk->data, dk->dtype, dv->data, dv->dtype, u16(q),
-                                                                u16(k), u16(v), u16(dout), l, dvec, (int)d.T,
-                                                                (int)d.H, (int)d.Hkv, scale * kLog2e, scale);
-  F2_CUDA_CHECK_LAUNCH("attention backward dK/dV (tensor cores)");
-  dim3 grid_q((unsigned)((d.T + BM - 1) / BM), (unsigned)(d.B * d.H));
-  kernel_dq<<<grid_q, C::NW * 32, smem_dq, f2_cuda_stream()>>>(dq->data, dq->dtype, u16(q), u16(k), u16(v),
-                                                               u16(dout), l, dvec, (int)d.T, (int)d.H, (int)d.Hkv,
-                                                               scale * kLog2e, scale);
+/* The backward's operands, for the dQ and dK/dV launchers. */
+struct bwd_args {
+  f2_tensor *dq, *dk, *dv;
+  const f2_tensor *dout, *q, *k, *v;
+  const float *lse, *dvec;
+  dims d;
+  float scale;
+};
+
+template <int D, int NW, int RM, int BN, int MINB>
+int launch_dq_tc(const bwd_args &a) {
+  constexpr int BM = 16 * RM * NW;
+  const size_t smem = (size_t)(2 * BM + 4 * BN) * (D + 8) * sizeof(uint16_t);
+  auto kernel = bwd_dq_tc<D, NW, RM, BN, MINB>;
+  static bool opted;
+  F2_TRY(smem_opt_in(kernel, smem, opted));
+  dim3 grid((unsigned)((a.d.T + BM - 1) / BM), (unsigned)(a.d.B * a.d.H));
+  kernel<<<grid, NW * 32, smem, f2_cuda_stream()>>>(a.dq->data, a.dq->dtype, u16(a.q), u16(a.k), u16(a.v),
+                                                    u16(a.dout), a.lse, a.dvec, (int)a.d.T, (int)a.d.H,
+                                                    (int)a.d.Hkv, a.scale * kLog2e, a.scale);
   F2_CUDA_CHECK_LAUNCH("attention backward dQ (tensor cores)");
   return F2_OK;
+}
+
+/* dK/dV; FUSEDQ: dQ too (partials in scratch, then bwd_dq_reduce), *dq_done set. */
+template <int D, int NW, int RM, int BM, int MINB, bool PAIR, bool FUSEDQ = false>
+int launch_kv_tc(const bwd_args &a, bool *dq_done) {
+  constexpr int BN = 16 * RM * NW;
+  const size_t smem = (size_t)(2 * BN + 4 * BM) * (D + 8) * sizeof(uint16_t) + 4 * BM * sizeof(float) +
+                      (FUSEDQ ? (size_t)BN * (BM + 8) * sizeof(uint16_t) : 0);
+  auto kernel = bwd_dkdv_tc<D, NW, RM, BM, MINB, PAIR, FUSEDQ>;
+  static bool opted;
+  F2_TRY(smem_opt_in(kernel, smem, opted));
+  const int64_t nkb = (a.d.T + BN - 1) / BN, R = nkb * a.d.T - BN * nkb * (nkb - 1) / 2;
+  float *part = nullptr;
+  if (FUSEDQ) F2_TRY(f2_cuda_alloc((void **)&part, (size_t)(a.d.B * a.d.H * R * D) * sizeof(float)));
+  dim3 grid((unsigned)(PAIR ? (nkb + 1) / 2 : nkb), (unsigned)(a.d.B * a.d.Hkv));
+  kernel<<<grid, NW * 32, smem, f2_cuda_stream()>>>(a.dk->data, a.dk->dtype, a.dv->data, a.dv->dtype, part, u16(a.q),
+                                                    u16(a.k), u16(a.v), u16(a.dout), a.lse, a.dvec, (int)a.d.T,
+                                                    (int)a.d.H, (int)a.d.Hkv, a.scale * kLog2e, a.scale);
+  cudaError_t e = cudaGetLastError();
+  if (FUSEDQ && e == cudaSuccess) {
+    const int64_t n = a.d.B * a.d.T * a.d.H * (D / 4);
+    bwd_dq_reduce<<<f2_blocks(n, 256), 256, 0, f2_cuda_stream()>>>(a.dq->data, a.dq->dtype, part, (int)a.d.B,
+                                                                   (int)a.d.T, (int)a.d.H, D, BN, R, a.scale);
+    e = cudaGetLastError();
+    *dq_done = true;
+  }
+  if (part) f2_cuda_free(part);   /* stream-ordered */
+  if (e != cudaSuccess)
+    return F2_FAIL(F2_ERR_CUDA, "attention backward dK/dV (tensor cores): kernel launch failed: %s",
+                   cudaGetErrorString(e));
+  return F2_OK;
+}
+
+/* The variant lists: <NW, RM, BN, MINB> (fwd, dq), <NW, RM, BM, MINB, PAIR, FUSEDQ> (kv; a fused one
+ * makes the dq index moot). */
+template <int D>
+int launch_fwd_variant(int i, f2_tensor *out, f2_tensor *lse, const f2_tensor *q, const f2_tensor *k,
+                       const f2_tensor *v, dims d, float scale) {
+  if constexpr (D == 64) {
+    switch (i) {
+      case 0: return launch_fwd_tc<D, 4, 2, 64, 1>(out, lse, q, k, v, d, scale);
+      case 1: return launch_fwd_tc<D, 4, 1, 64, 3>(out, lse, q, k, v, d, scale);
+      case 2: return launch_fwd_tc<D, 8, 1, 64, 2>(out, lse, q, k, v, d, scale);
+      case 3: return launch_fwd_tc<D, 8, 1, 128, 1>(out, lse, q, k, v, d, scale);
+      case 4: return launch_fwd_tc<D, 4, 2, 32, 2>(out, lse, q, k, v, d, scale);
+      default: return launch_fwd_tc<D, 4, 2, 128, 1>(out, lse, q, k, v, d, scale);
+    }
+  } else {
+    switch (i) {
+      case 0: return launch_fwd_tc<D, 4, 2, 32, 1>(out, lse, q, k, v, d, scale);
+      case 1: return launch_fwd_tc<D, 4, 1, 64, 2>(out, lse, q, k, v, d, scale);
+      case 2: return launch_fwd_tc<D, 8, 1, 64, 1>(out, lse, q, k, v, d, scale);
+      case 3: return launch_fwd_tc<D, 4, 1, 32, 3>(out, lse, q, k, v, d, scale);
+      default: return launch_fwd_tc<D, 8, 1, 32, 1>(out, lse, q, k, v, d, scale);
+    }
+  }
+}
+
+template <int D>
+int launch_dq_variant(int i, const bwd_args &a) {
+  if constexpr (D == 64) {
+    switch (i) {
+      case 0: return launch_dq_tc<D, 4, 2, 32, 1>(a);
+      case 1: return launch_dq_tc<D, 4, 1, 64, 3>(a);
+      case 2: return launch_dq_tc<D, 8, 1, 64, 1>(a);
+      case 3: return launch_dq_tc<D, 4, 1, 32, 4>(a);
+      default: return launch_dq_tc<D, 8, 1, 32, 2>(a);
+    }
+  } else {
+    switch (i) {
+      case 0: return launch_dq_tc<D, 4, 1, 64, 1>(a);
+      case 1: return launch_dq_tc<D, 4, 1, 32, 3>(a);
+      case 2: return launch_dq_tc<D, 8, 1, 64, 1>(a);
+      case 3: return launch_dq_tc<D, 8, 1, 32, 1>(a);
+      default: return launch_dq_tc<D, 4, 1, 16, 3>(a);
+    }
+  }
+}
+
+template <int D>
+int launch_kv_variant(int i, const bwd_args &a, bool *dq_done) {
+  if constexpr (D == 64) {
+    switch (i) {
+      case 0: return launch_kv_tc<D, 4, 2, 32, 1, false>(a, dq_done);
+      case 1: return launch_kv_tc<D, 4, 2, 32, 1, true>(a, dq_done);
+      case 2: return launch_kv_tc<D, 4, 1, 64, 2, true>(a, dq_done);
+      case 3: return launch_kv_tc<D, 8, 1, 64, 1, true>(a, dq_done);
+      case 4: return launch_kv_tc<D, 4, 1, 32, 3, true>(a, dq_done);
+      case 5: return launch_kv_tc<D, 4, 1, 64, 3, true>(a, dq_done);
+      case 6: return launch_kv_tc<D, 4, 2, 16, 1, true>(a, dq_done);
+      case 7: return launch_kv_tc<D, 8, 2, 16, 1, true>(a, dq_done);
+      case 8: return launch_kv_tc<D, 4, 2, 32, 1, true, true>(a, dq_done);
+      case 9: return launch_kv_tc<D, 8, 1, 64, 1, true, true>(a, dq_done);
+      case 10: return launch_kv_tc<D, 4, 1, 64, 2, true, true>(a, dq_done);
+      case 11: return launch_kv_tc<D, 8, 2, 16, 1, true, true>(a, dq_done);
+      case 12: return launch_kv_tc<D, 4, 1, 32, 3, false>(a, dq_done);
+      case 13: return launch_kv_tc<D, 4, 2, 32, 1, false, true>(a, dq_done);
+      default: return launch_kv_tc<D, 4, 1, 64, 2, false, true>(a, dq_done);
+    }
+  } else {
+    switch (i) {
+      case 0: return launch_kv_tc<D, 4, 1, 32, 1, false>(a, dq_done);
+      case 1: return launch_kv_tc<D, 4, 1, 32, 1, true>(a, dq_done);
+      case 2: return launch_kv_tc<D, 8, 1, 32, 1, true>(a, dq_done);
+      case 3: return launch_kv_tc<D, 4, 1, 16, 2, true>(a, dq_done);
+      case 4: return launch_kv_tc<D, 8, 1, 16, 1, true>(a, dq_done);
+      case 5: return launch_kv_tc<D, 4, 1, 64, 1, true>(a, dq_done);
+      case 6: return launch_kv_tc<D, 4, 1, 32, 1, true, true>(a, dq_done);
+      case 7: return launch_kv_tc<D, 8, 1, 32, 1, true, true>(a, dq_done);
+      case 8: return launch_kv_tc<D, 4, 1, 32, 1, false, true>(a, dq_done);
+      default: return launch_kv_tc<D, 4, 1, 16, 2, false>(a, dq_done);
+    }
+  }
 }
 
 }  // namespace
@@ -746,8 +977,10 @@ extern "C" int f2_cuda_attention_forward(f2_tensor *out, f2_tensor *lse, const f
   F2_TRY(check_sizes(op, d));
   const f2_tensor *in[] = {q, k, v}, *outs[] = {out, lse};
   if (use_tc(d, in, 3, outs, 2)) {
-    if (d.D == 64) return launch_fwd_tc<64>(out, lse, q, k, v, d, scale);
-    return launch_fwd_tc<128>(out, lse, q, k, v, d, scale);
+    attn_variant var;
+    F2_TRY(read_variant(op, d.D, &var));
+    if (d.D == 64) return launch_fwd_variant<64>(var.fwd, out, lse, q, k, v, d, scale);
+    return launch_fwd_variant<128>(var.fwd, out, lse, q, k, v, d, scale);
   }
   dim3 grid((unsigned)d.T, (unsigned)(d.B * d.H));
   size_t smem = (d.D + kGT + 32) * sizeof(float);
@@ -776,8 +1009,14 @@ extern "C" int f2_cuda_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tenso
   if (e != cudaSuccess) {
     rc = F2_FAIL(F2_ERR_CUDA, "%s: launch of the D = rowsum(dout * out) kernel failed: %s", op, cudaGetErrorString(e));
   } else if (use_tc(d, in, 4, outs, 3)) {
-    rc = d.D == 64 ? launch_bwd_tc<64>(dq, dk, dv, dout, q, k, v, lse, dvec, d, scale)
-                   : launch_bwd_tc<128>(dq, dk, dv, dout, q, k, v, lse, dvec, d, scale);
+    attn_variant var;
+    const bwd_args a = {dq, dk, dv, dout, q, k, v, (const float *)lse->data, dvec, d, scale};
+    rc = read_variant(op, d.D, &var);
+    bool dq_done = false;   /* a fused dK/dV variant does dQ too */
+    if (rc == F2_OK)
+      rc = d.D == 64 ? launch_kv_variant<64>(var.kv, a, &dq_done) : launch_kv_variant<128>(var.kv, a, &dq_done);
+    if (rc == F2_OK && !dq_done)
+      rc = d.D == 64 ? launch_dq_variant<64>(var.dq, a) : launch_dq_variant<128>(var.dq, a);
   } else {
     const float *l = (const float *)lse->data;
     bwd_dq_plain<<<dim3((unsigned)d.T, (unsigned)(d.B * d.H)), kGT, (2 * d.D + kGT) * sizeof(float),
