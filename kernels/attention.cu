@@ -773,12 +773,14 @@ ftensor ft(const f2_tensor *t) { return {t->data, t->dtype}; }
  * keys), BN keys (fwd, dQ) or BM queries (dK/dV) per inner block; MINB asks the compiler for registers
  * that fit MINB blocks per SM (65536 / (MINB * 32 NW) each, beyond that it spills); PAIR balances dK/dV's
  * causal work (see bwd_dkdv_tc). More rows per warp reuse each fragment read from shared memory more
- * often; fewer keep more warps resident. Index 0 is the shape first measured on the H200 and stays the
- * default until bench_attention (which times every variant) says otherwise. */
+ * often; fewer keep more warps resident. The defaults are what bench_attention (which times every variant)
+ * measured fastest on an H200: kv=5 (4 warps of 1 tile, 64-query blocks, 3 blocks/SM, paired) took the
+ * SmolLM2 8x2048 backward from 0.873 to 0.689 ms and Qwen3-4B 4x2048 from 2.394 to 2.110 ms; the other
+ * kernels' index 0 was within noise of the best (docs/performance.md). */
 struct attn_variant {
   int fwd, dq, kv;
 };
-constexpr attn_variant kDefault64 = {0, 0, 0}, kDefault128 = {0, 0, 0};
+constexpr attn_variant kDefault64 = {0, 0, 5}, kDefault128 = {0, 0, 5};
 constexpr attn_variant kCount64 = {6, 5, 15}, kCount128 = {5, 5, 10};   /* the lists' lengths */
 
 int read_variant(const char *op, int64_t D, attn_variant *v) {

@@ -120,8 +120,16 @@ function M.generate(model, prompt, opts)
   local cache = opts.cache or model:new_cache(1, #prompt + max_tokens)
   local out, info = {}, { prompt_tokens = #prompt, decode_steps = 0, decode_seconds = 0, stopped = "length" }
   local t0 = clock.now()
+  -- The sampler reads logits on the CPU (a model on a GPU hands back one row per step: [1, V]).
+  local function step(x)
+    local l = model:forward_step(x, cache)
+    if l:device() == "cpu" then return l end
+    local host = l:to("cpu")
+    l:free()
+    return host
+  end
   local ids = f2.tensor({ prompt }, { dtype = "i32" })
-  local logits = model:forward_step(ids, cache)
+  local logits = step(ids)
   info.prompt_seconds = clock.now() - t0
   local one = f2.empty({ 1, 1 }, { dtype = "i32" })
   while true do
@@ -136,7 +144,7 @@ function M.generate(model, prompt, opts)
     if #out >= max_tokens then break end
     t0 = clock.now()
     one:fill(id)
-    logits = model:forward_step(one, cache)
+    logits = step(one)
     info.decode_seconds = info.decode_seconds + clock.now() - t0
     info.decode_steps = info.decode_steps + 1
   end
