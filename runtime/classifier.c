@@ -28,21 +28,7 @@ static const char *shape_str(const f2_tensor *t, char *buf, size_t size) {
   return buf;
 }
 
-enum { FLOAT = 1, F32_ONLY = 2, I32_ONLY = 4 };
-
-/* Present, on a known device, contiguous, of an accepted dtype. */
-static int arg(const char *op, const char *name, const f2_tensor *t, int kind) {
-  if (!t) return F2_FAIL(F2_ERR_ARG, "%s: %s is NULL", op, name);
-  if (t->device != F2_CPU && t->device != F2_CUDA)
-    return F2_FAIL(F2_ERR_ARG, "%s: %s has unknown device %d", op, name, (int)t->device);
-  if (!f2_tensor_is_contiguous(t)) return F2_FAIL(F2_ERR_ARG, "%s: %s must be contiguous", op, name);
-  int ok = kind == FLOAT ? (t->dtype == F2_F32 || t->dtype == F2_BF16)
-           : kind == F32_ONLY ? t->dtype == F2_F32 : t->dtype == F2_I32;
-  if (!ok)
-    return F2_FAIL(F2_ERR_ARG, "%s: %s has dtype %s, expected %s", op, name, f2_dtype_name(t->dtype),
-                   kind == FLOAT ? "f32 or bf16" : kind == F32_ONLY ? "f32" : "i32");
-  return F2_OK;
-}
+enum { FLOAT = F2_ARG_FLOAT, F32_ONLY = F2_ARG_F32, I32_ONLY = F2_ARG_I32 };
 
 /* t is [..., cols] with rows * cols elements. */
 static int rows_cols(const char *op, const char *name, const f2_tensor *t, int64_t rows, int64_t cols) {
@@ -151,10 +137,10 @@ int f2_lm_head_cross_entropy(f2_tensor *loss, f2_tensor *losses, f2_tensor *dh, 
                              const f2_tensor *h, const f2_tensor *weight, const f2_tensor *targets,
                              int32_t ignore_index, float dloss, int64_t chunk_rows) {
   const char *op = "f2_lm_head_cross_entropy";
-  F2_TRY(arg(op, "h", h, FLOAT));
-  F2_TRY(arg(op, "weight", weight, FLOAT));
-  F2_TRY(arg(op, "targets", targets, I32_ONLY));
-  F2_TRY(arg(op, "loss", loss, F32_ONLY));
+  F2_TRY(f2_check_arg(op, "h", h, FLOAT));
+  F2_TRY(f2_check_arg(op, "weight", weight, FLOAT));
+  F2_TRY(f2_check_arg(op, "targets", targets, I32_ONLY));
+  F2_TRY(f2_check_arg(op, "loss", loss, F32_ONLY));
   if (weight->ndim != 2)
     return F2_FAIL(F2_ERR_ARG, "%s: weight must be 2-D [vocab, dim], has %d dims", op, (int)weight->ndim);
   int64_t vocab = weight->shape[0], dim = weight->shape[1], rows = f2_tensor_numel(targets);
@@ -167,7 +153,7 @@ int f2_lm_head_cross_entropy(f2_tensor *loss, f2_tensor *losses, f2_tensor *dh, 
   F2_TRY(rows_cols(op, "h", h, rows, dim));
   if (f2_tensor_numel(loss) != 1) return F2_FAIL(F2_ERR_ARG, "%s: loss must have one element", op);
   if (losses) {
-    F2_TRY(arg(op, "losses", losses, F32_ONLY));
+    F2_TRY(f2_check_arg(op, "losses", losses, F32_ONLY));
     if (losses->ndim != 1 || losses->shape[0] != rows) {
       char got[128];
       return F2_FAIL(F2_ERR_ARG, "%s: losses has shape %s, expected [%lld] (one per target)", op,
@@ -175,7 +161,7 @@ int f2_lm_head_cross_entropy(f2_tensor *loss, f2_tensor *losses, f2_tensor *dh, 
     }
   }
   if (dh) {
-    F2_TRY(arg(op, "dh", dh, FLOAT));
+    F2_TRY(f2_check_arg(op, "dh", dh, FLOAT));
     if (dh->dtype != h->dtype)
       return F2_FAIL(F2_ERR_ARG, "%s: dh is %s but h is %s (dh takes h's dtype)", op, f2_dtype_name(dh->dtype),
                      f2_dtype_name(h->dtype));
@@ -184,7 +170,7 @@ int f2_lm_head_cross_entropy(f2_tensor *loss, f2_tensor *losses, f2_tensor *dh, 
   }
   if (dweight) {
     if (!dh) return F2_FAIL(F2_ERR_ARG, "%s: dweight given without dh (the backward runs only with dh)", op);
-    F2_TRY(arg(op, "dweight", dweight, F32_ONLY));
+    F2_TRY(f2_check_arg(op, "dweight", dweight, F32_ONLY));
     if (dweight->ndim != 2 || dweight->shape[0] != vocab || dweight->shape[1] != dim) {
       char got[128];
       return F2_FAIL(F2_ERR_ARG, "%s: dweight has shape %s, expected [%lld,%lld] (weight's)", op,

@@ -47,6 +47,11 @@ int f2_check_same_device(const char *what, const f2_tensor *a, const f2_tensor *
 int f2_check_same_shape(const char *what, const f2_tensor *a, const f2_tensor *b);
 int f2_check_float(const char *what, const f2_tensor *t);
 
+/* The argument check every model op makes (nn_cpu.c): t present, on the CPU or a GPU, contiguous, and
+ * of kind's dtypes (F2_ARG_FLOAT: f32 or bf16). */
+enum { F2_ARG_FLOAT = 1, F2_ARG_F32 = 2, F2_ARG_I32 = 4 };
+int f2_check_arg(const char *op, const char *name, const f2_tensor *t, int kind);
+
 /* bf16 / f16 conversions (round to nearest even; NaN stays NaN). */
 static inline float f2_bf16_to_f32(uint16_t h) {
   union { uint32_t u; float f; } v;

@@ -20,7 +20,7 @@ enum { ATTN_MAX_HEAD_DIM = 1024 };
  * works in blocks of ATTN_BLOCK queries (bounds its per-thread scratch). */
 enum { PARALLEL_MIN = 1 << 19, ATTN_BLOCK = 64 };
 
-enum { FLOAT = 1, F32_ONLY = 2, I32_ONLY = 4 };
+enum { FLOAT = F2_ARG_FLOAT, F32_ONLY = F2_ARG_F32, I32_ONLY = F2_ARG_I32 };
 
 static const char *shape_str(const f2_tensor *t, char *buf, size_t size) {
   int n = snprintf(buf, size, "[");
@@ -31,7 +31,7 @@ static const char *shape_str(const f2_tensor *t, char *buf, size_t size) {
 }
 
 /* Every tensor argument passes here: present, contiguous, of an accepted dtype. */
-static int arg(const char *op, const char *name, const f2_tensor *t, int kind) {
+int f2_check_arg(const char *op, const char *name, const f2_tensor *t, int kind) {
   if (!t) return F2_FAIL(F2_ERR_ARG, "%s: %s is NULL", op, name);
   if (t->device != F2_CPU && t->device != F2_CUDA)
     return F2_FAIL(F2_ERR_ARG, "%s: %s has unknown device %d", op, name, (int)t->device);
@@ -43,6 +43,7 @@ static int arg(const char *op, const char *name, const f2_tensor *t, int kind) {
                    kind == FLOAT ? "f32 or bf16" : kind == F32_ONLY ? "f32" : "i32");
   return F2_OK;
 }
+static int arg(const char *op, const char *name, const f2_tensor *t, int kind) { return f2_check_arg(op, name, t, kind); }
 
 /* The op's tensors (NULLs skipped) must all be on one device; *gpu = 1 when that is a GPU. */
 static int one_device(const char *op, int *gpu, const f2_tensor *const *t, int n) {
