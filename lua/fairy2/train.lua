@@ -234,6 +234,14 @@ end
 
 local function bits_name(q) return "W" .. q.stages end
 
+-- Merges the recipe's `gpu` section (its GPU-sized settings) into cfg in place; what the command line
+-- said (recipe.overrides_of) still wins. Validates the result.
+function M.apply_gpu_section(cfg)
+  for k, v in pairs(recipe.merge(cfg, cfg.gpu)) do cfg[k] = v end
+  for _, o in ipairs(recipe.overrides_of[cfg] or {}) do recipe.apply_override(cfg, o) end
+  return M.validate(cfg)
+end
+
 -- Runs the recipe; returns { status, losses = {step = loss}, evals, baselines, final_eval,
 -- checkpoint, steps_done, total_steps, skipped }. Raises on errors (bad recipe, non-finite abort).
 function M.fit(cfg, opts)
@@ -247,10 +255,7 @@ function M.fit(cfg, opts)
 
   local device, device_note = pick_device(t.device)
   if device == "cuda" and type(cfg.gpu) == "table" then
-    -- The recipe's GPU-sized settings; what the command line said still wins.
-    for k, v in pairs(recipe.merge(cfg, cfg.gpu)) do cfg[k] = v end
-    for _, o in ipairs(recipe.overrides_of[cfg] or {}) do recipe.apply_override(cfg, o) end
-    M.validate(cfg)
+    M.apply_gpu_section(cfg)
     t = cfg.train
   end
   local dtype = t.dtype ~= "auto" and t.dtype or (device == "cuda" and "bf16" or "f32")

@@ -174,4 +174,17 @@ t.check(printed:find("steps = " .. steps, 1, true) ~= nil, "to_lua shows key = v
 t.check(deep_equal(cjson.decode(recipe.to_json(child)).train, child.train), "to_json round-trips")
 t.check(not recipe.to_json(child):find("run", 1, true), "to_json leaves functions out")
 
+-- ---------------------------------------------------------------- the gpu section
+-- On a GPU, train.fit merges the recipe's gpu section; the command line's overrides still win.
+do
+  local train = require "fairy2.train"
+  local base = dofile("recipes/base.lua")
+  local cfg = recipe.merge(base, { data = { path = "data/tokens" },
+    gpu = { train = { batch = 16, accum = 4, tokens = 2e7 }, data = { seq_len = 512 } } })
+  recipe.apply_overrides(cfg, { "train.tokens=6e6", "train.accum=2" })
+  train.apply_gpu_section(cfg)
+  t.check(cfg.train.batch == 16 and cfg.data.seq_len == 512, "the gpu section's settings apply")
+  t.check(cfg.train.tokens == 6e6 and cfg.train.accum == 2, "the command line beats the gpu section")
+end
+
 t.done()
