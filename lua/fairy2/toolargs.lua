@@ -24,4 +24,13 @@ function M.parse(name, usage, parse, args, print_fn, missing)
   return o
 end
 
+-- nil when the tool can run on device ("cpu" or "cuda"), else the message to fail with.
+function M.device_problem(device)
+  if device ~= "cuda" then return nil end
+  local f2 = require "fairy2"
+  if f2.cuda.available() then return nil end
+  return "--device cuda: " .. (f2.cuda.compiled() and "no usable GPU" or "this fairy2 was built without CUDA") ..
+    "; use --device cpu"
+end
+
 return M

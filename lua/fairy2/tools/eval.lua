@@ -130,10 +130,8 @@ end
 function M.main(args)
   local o, status = toolargs.parse("eval", M.usage, parse, args)
   if not o then return status end
-  if o.device == "cuda" then
-    local usable, why = require("fairy2.tools.generate").cuda_model_ops()
-    if not usable then return fail("--device cuda: " .. why .. "; use --device cpu") end
-  end
+  local problem = toolargs.device_problem(o.device)
+  if problem then return fail(problem) end
   local loader, what = open_data(o)
   if not loader then return fail(what) end
   if o.source then

@@ -165,14 +165,6 @@ function M.load_tokenizer(src)
   return tok
 end
 
--- Whether --device cuda can run: true, or false and why not.
-function M.cuda_model_ops()
-  if not f2.cuda.available() then
-    return false, f2.cuda.compiled() and "no usable GPU" or "this fairy2 was built without CUDA"
-  end
-  return true
-end
-
 local function fail(msg)
   io.stderr:write("fairy2 generate: ", msg, "\n")
   return 1
@@ -181,10 +173,8 @@ end
 function M.main(args)
   local o, status = toolargs.parse("generate", M.usage, parse, args)
   if not o then return status end
-  if o.device == "cuda" then
-    local usable, why = M.cuda_model_ops()
-    if not usable then return fail("--device cuda: " .. why .. "; use --device cpu") end
-  end
+  local problem = toolargs.device_problem(o.device)
+  if problem then return fail(problem) end
   local okc, sampler = pcall(sample.new, { temperature = o.temperature, top_k = o.top_k, top_p = o.top_p, seed = o.seed })
   if not okc then return fail(tostring(sampler):gsub("^.-sample%.new: ", "")) end
   if o.prompt == "-" then o.prompt = io.stdin:read("*a") end
