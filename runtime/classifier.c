@@ -20,23 +20,7 @@ enum { LOGITS_BUDGET_BYTES = 384 << 20 };
 /* Elements below which a loop stays on one thread (as nn_cpu.c). */
 enum { PARALLEL_MIN = 1 << 19 };
 
-static const char *shape_str(const f2_tensor *t, char *buf, size_t size) {
-  int n = snprintf(buf, size, "[");
-  for (int i = 0; i < t->ndim && n < (int)size; i++)
-    n += snprintf(buf + n, size - n, i ? ",%lld" : "%lld", (long long)t->shape[i]);
-  if (n < (int)size) snprintf(buf + n, size - n, "]");
-  return buf;
-}
-
 enum { FLOAT = F2_ARG_FLOAT, F32_ONLY = F2_ARG_F32, I32_ONLY = F2_ARG_I32 };
-
-/* t is [..., cols] with rows * cols elements. */
-static int rows_cols(const char *op, const char *name, const f2_tensor *t, int64_t rows, int64_t cols) {
-  if (t->ndim >= 1 && t->shape[t->ndim - 1] == cols && f2_tensor_numel(t) == rows * cols) return F2_OK;
-  char got[128];
-  return F2_FAIL(F2_ERR_ARG, "%s: %s has shape %s, expected %lld rows of %lld", op, name,
-                 shape_str(t, got, sizeof got), (long long)rows, (long long)cols);
-}
 
 /* Rows [r0, r0 + n) of a contiguous [rows, cols] tensor as a 2-D view (no storage reference: lives on
  * the stack for the duration of one call). */
@@ -150,14 +134,14 @@ int f2_lm_head_cross_entropy(f2_tensor *loss, f2_tensor *losses, f2_tensor *dh, 
   if (h->dtype != weight->dtype)
     return F2_FAIL(F2_ERR_ARG, "%s: h is %s but weight is %s (one dtype)", op, f2_dtype_name(h->dtype),
                    f2_dtype_name(weight->dtype));
-  F2_TRY(rows_cols(op, "h", h, rows, dim));
+  F2_TRY(f2_check_rows_cols(op, "h", h, rows, dim));
   if (f2_tensor_numel(loss) != 1) return F2_FAIL(F2_ERR_ARG, "%s: loss must have one element", op);
   if (losses) {
     F2_TRY(f2_check_arg(op, "losses", losses, F32_ONLY));
     if (losses->ndim != 1 || losses->shape[0] != rows) {
       char got[128];
       return F2_FAIL(F2_ERR_ARG, "%s: losses has shape %s, expected [%lld] (one per target)", op,
-                     shape_str(losses, got, sizeof got), (long long)rows);
+                     f2_shape_str(losses, got, sizeof got), (long long)rows);
     }
   }
   if (dh) {
@@ -165,7 +149,7 @@ int f2_lm_head_cross_entropy(f2_tensor *loss, f2_tensor *losses, f2_tensor *dh, 
     if (dh->dtype != h->dtype)
       return F2_FAIL(F2_ERR_ARG, "%s: dh is %s but h is %s (dh takes h's dtype)", op, f2_dtype_name(dh->dtype),
                      f2_dtype_name(h->dtype));
-    F2_TRY(rows_cols(op, "dh", dh, rows, dim));
+    F2_TRY(f2_check_rows_cols(op, "dh", dh, rows, dim));
     if (dh->data == weight->data) return F2_FAIL(F2_ERR_ARG, "%s: dh must not be weight", op);
   }
   if (dweight) {
@@ -174,7 +158,7 @@ int f2_lm_head_cross_entropy(f2_tensor *loss, f2_tensor *losses, f2_tensor *dh, 
     if (dweight->ndim != 2 || dweight->shape[0] != vocab || dweight->shape[1] != dim) {
       char got[128];
       return F2_FAIL(F2_ERR_ARG, "%s: dweight has shape %s, expected [%lld,%lld] (weight's)", op,
-                     shape_str(dweight, got, sizeof got), (long long)vocab, (long long)dim);
+                     f2_shape_str(dweight, got, sizeof got), (long long)vocab, (long long)dim);
     }
     if (dweight->data == weight->data || dweight->data == h->data)
       return F2_FAIL(F2_ERR_ARG, "%s: dweight must not be weight or h", op);
@@ -182,11 +166,8 @@ int f2_lm_head_cross_entropy(f2_tensor *loss, f2_tensor *losses, f2_tensor *dh, 
   if (chunk_rows < 0) return F2_FAIL(F2_ERR_ARG, "%s: chunk_rows = %lld must be >= 0 (0: a default)", op, (long long)chunk_rows);
   const f2_tensor *all[] = {loss, losses, dh, dweight, h, weight, targets};
   const char *names[] = {"loss", "losses", "dh", "dweight", "h", "weight", "targets"};
-  for (int i = 1; i < 7; i++)
-    if (all[i] && all[i]->device != loss->device)
-      return F2_FAIL(F2_ERR_ARG, "%s: tensors on different devices (%s is on %s, loss on %s)", op, names[i],
-                     all[i]->device == F2_CUDA ? "cuda" : "cpu", loss->device == F2_CUDA ? "cuda" : "cpu");
-  int gpu = loss->device == F2_CUDA;
+  int gpu = 0;
+  F2_TRY(f2_check_one_device(op, &gpu, all, names, 7));
   if (chunk_rows == 0) {
     /* The largest power of two of rows whose logits fit the budget: a batch of B x T rows (powers of
      * two) then splits into equal chunks, none a sliver. */

@@ -51,6 +51,13 @@ int f2_check_float(const char *what, const f2_tensor *t);
  * of kind's dtypes (F2_ARG_FLOAT: f32 or bf16). */
 enum { F2_ARG_FLOAT = 1, F2_ARG_F32 = 2, F2_ARG_I32 = 4 };
 int f2_check_arg(const char *op, const char *name, const f2_tensor *t, int kind);
+/* t is [..., cols] with rows * cols elements. */
+int f2_check_rows_cols(const char *op, const char *name, const f2_tensor *t, int64_t rows, int64_t cols);
+/* The n tensors (NULLs skipped) are on one device; *gpu = 1 when that is a GPU. names (may be NULL:
+ * the message then counts arguments) name them in the message. */
+int f2_check_one_device(const char *op, int *gpu, const f2_tensor *const *t, const char *const *names, int n);
+/* "[2,3]": t's shape into buf. */
+const char *f2_shape_str(const f2_tensor *t, char *buf, size_t size);
 
 /* bf16 / f16 conversions (round to nearest even; NaN stays NaN). */
 static inline float f2_bf16_to_f32(uint16_t h) {

@@ -22,7 +22,7 @@ enum { PARALLEL_MIN = 1 << 19, ATTN_BLOCK = 64 };
 
 enum { FLOAT = F2_ARG_FLOAT, F32_ONLY = F2_ARG_F32, I32_ONLY = F2_ARG_I32 };
 
-static const char *shape_str(const f2_tensor *t, char *buf, size_t size) {
+const char *f2_shape_str(const f2_tensor *t, char *buf, size_t size) {
   int n = snprintf(buf, size, "[");
   for (int i = 0; i < t->ndim && n < (int)size; i++)
     n += snprintf(buf + n, size - n, i ? ",%lld" : "%lld", (long long)t->shape[i]);
@@ -43,23 +43,29 @@ int f2_check_arg(const char *op, const char *name, const f2_tensor *t, int kind)
                    kind == FLOAT ? "f32 or bf16" : kind == F32_ONLY ? "f32" : "i32");
   return F2_OK;
 }
+/* Short local names for the shared checks (f2_internal.h), used on nearly every line below. */
 static int arg(const char *op, const char *name, const f2_tensor *t, int kind) { return f2_check_arg(op, name, t, kind); }
 
-/* The op's tensors (NULLs skipped) must all be on one device; *gpu = 1 when that is a GPU. */
-static int one_device(const char *op, int *gpu, const f2_tensor *const *t, int n) {
-  int dev = -1;
+int f2_check_one_device(const char *op, int *gpu, const f2_tensor *const *t, const char *const *names, int n) {
+  int dev = -1, first = -1;
   for (int i = 0; i < n; i++) {
     if (!t[i]) continue;
-    if (dev < 0) dev = t[i]->device;
-    else if (t[i]->device != dev)
+    if (dev < 0) {
+      dev = t[i]->device, first = i;
+    } else if (t[i]->device != dev) {
+      const char *got = t[i]->device == F2_CUDA ? "cuda" : "cpu", *want = dev == F2_CUDA ? "cuda" : "cpu";
+      if (names)
+        return F2_FAIL(F2_ERR_ARG, "%s: tensors on different devices (%s is on %s, %s on %s)", op, names[i], got,
+                       names[first], want);
       return F2_FAIL(F2_ERR_ARG, "%s: tensors on different devices (argument %d is on %s, an earlier one on %s)", op,
-                     i + 1, t[i]->device == F2_CUDA ? "cuda" : "cpu", dev == F2_CUDA ? "cuda" : "cpu");
+                     i + 1, got, want);
+    }
   }
   *gpu = dev == F2_CUDA;
   return F2_OK;
 }
 #define ONE_DEVICE(op, gpu, ...) \
-  one_device((op), (gpu), (const f2_tensor *const[]){__VA_ARGS__}, \
+  f2_check_one_device((op), (gpu), (const f2_tensor *const[]){__VA_ARGS__}, NULL, \
              (int)(sizeof((const f2_tensor *const[]){__VA_ARGS__}) / sizeof(const f2_tensor *)))
 
 /* t must have exactly the given shape. */
@@ -70,16 +76,18 @@ static int shape_is(const char *op, const char *name, const f2_tensor *t, int nd
   char got[128], want[128];
   f2_tensor want_t = {.ndim = ndim};
   for (int i = 0; i < ndim; i++) want_t.shape[i] = shape[i];
-  return F2_FAIL(F2_ERR_ARG, "%s: %s has shape %s, expected %s", op, name, shape_str(t, got, sizeof got),
-                 shape_str(&want_t, want, sizeof want));
+  return F2_FAIL(F2_ERR_ARG, "%s: %s has shape %s, expected %s", op, name, f2_shape_str(t, got, sizeof got),
+                 f2_shape_str(&want_t, want, sizeof want));
 }
 
-/* t is [..., cols] with rows * cols elements. */
-static int rows_cols(const char *op, const char *name, const f2_tensor *t, int64_t rows, int64_t cols) {
+int f2_check_rows_cols(const char *op, const char *name, const f2_tensor *t, int64_t rows, int64_t cols) {
   if (t->ndim >= 1 && t->shape[t->ndim - 1] == cols && f2_tensor_numel(t) == rows * cols) return F2_OK;
   char got[128];
   return F2_FAIL(F2_ERR_ARG, "%s: %s has shape %s, expected %lld rows of %lld", op, name,
-                 shape_str(t, got, sizeof got), (long long)rows, (long long)cols);
+                 f2_shape_str(t, got, sizeof got), (long long)rows, (long long)cols);
+}
+static int rows_cols(const char *op, const char *name, const f2_tensor *t, int64_t rows, int64_t cols) {
+  return f2_check_rows_cols(op, name, t, rows, cols);
 }
 
 static inline float ld(const f2_tensor *t, int64_t i) {
@@ -304,7 +312,7 @@ static int rope(const char *op, f2_tensor *out, const f2_tensor *x, const f2_ten
   if (cos_table->ndim != 2 || cos_table->shape[1] != half || cos_table->shape[0] < seq) {
     char got[128];
     return F2_FAIL(F2_ERR_ARG, "%s: cos has shape %s, expected at least %lld positions of head_dim/2 = %lld", op,
-                   shape_str(cos_table, got, sizeof got), (long long)seq, (long long)half);
+                   f2_shape_str(cos_table, got, sizeof got), (long long)seq, (long long)half);
   }
   F2_TRY(shape_is(op, "sin", sin_table, 2, cos_table->shape));
   int gpu = 0;
