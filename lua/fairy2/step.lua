@@ -5,7 +5,8 @@
 -- captured once as a CUDA graph and replayed: no kernel launches, no allocation, no Lua in the
 -- step. The only values read back are the loss and the sum of squares, once per step.
 --
---   local stepper = step.new(model, opt, { batch =, seq_len =, accum =, clip =, graph = })
+--   local stepper, opt = step.setup(model, { lr =, betas =, ... }, { batch =, seq_len =, accum =, clip =, graph = })
+--   (or step.new(model, opt, opts) with a model already flat and its optim.AdamW)
 --   local loss, norm, applied = stepper:run(fill, lr)   -- fill(micro, ids, targets) writes a micro-batch
 local ffi = require "ffi"
 local f2 = require "fairy2"
@@ -40,6 +41,14 @@ function M.new(model, opt, opts)
   self.scratch = f2.zeros({ 1 }, { dtype = "f32", device = device })
   self.quantized = #fairy2.layers(model) > 0
   return self
+end
+
+-- The usual assembly: the model's parameters made flat (Module:flatten), AdamW over them (adamw: its
+-- config, optim.AdamW's), and a stepper. Returns the stepper and the optimizer.
+function M.setup(model, adamw, opts)
+  model:flatten()
+  local opt = optim.AdamW(model:named_parameters(), adamw, model.flat)
+  return M.new(model, opt, opts), opt
 end
 
 -- The step itself: only queued work (capturable). poison (tests): NaN gradients, as a diverging run.

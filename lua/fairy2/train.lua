@@ -349,11 +349,11 @@ function M.fit(cfg, opts)
     end
   end
 
-  -- Optimizer and schedule.
-  model:flatten()
-  local params = model:named_parameters()
-  local opt = optim.AdamW(params, { lr = o.lr, betas = { o.beta1, o.beta2 }, eps = o.eps, weight_decay = o.weight_decay },
-    model.flat)
+  -- Flat parameters, optimizer, the step, the schedule.
+  local stepper, opt = step_mod.setup(model,
+    { lr = o.lr, betas = { o.beta1, o.beta2 }, eps = o.eps, weight_decay = o.weight_decay },
+    { batch = t.batch, seq_len = cfg.data.seq_len, accum = t.accum, clip = o.clip, graph = t.graph })
+  local params = opt.params
   local schedule = optim.schedule { kind = o.schedule, lr = o.lr, min_lr = o.min_lr, total_steps = total, warmup = warmup,
     decay_steps = decay, shape = o.decay_shape }
   local start_step, elapsed0 = 0, 0
@@ -386,8 +386,6 @@ function M.fit(cfg, opts)
   local nan_steps = {}
   for _, s in ipairs(cfg.debug.nan_steps) do nan_steps[s] = true end
   local ids, targets = borrow(loader.inputs), borrow(loader.targets)
-  local stepper = step_mod.new(model, opt, { batch = t.batch, seq_len = cfg.data.seq_len, accum = t.accum,
-    clip = o.clip, graph = t.graph })
   local saved_step, bad_in_row = result.checkpoint and start_step or -1, 0
   local last_eval_step = (#result.evals > 0) and result.evals[#result.evals].step or -1
 

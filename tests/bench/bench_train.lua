@@ -16,7 +16,6 @@ local ffi = require "ffi"
 local f2 = require "fairy2"
 local llama = require "fairy2.models.llama"
 local fairy2 = require "fairy2.fairy2"
-local optim = require "fairy2.optim"
 local step = require "fairy2.step"
 local clock = require "fairy2.clock"
 
@@ -66,9 +65,8 @@ local function setup(desc, device, dtype, stages, B, T, graph, seed, recompute)
   local model = llama.build(desc, { device = device, dtype = dtype, recompute = recompute })
   llama.init_random(model, seed or 1)
   if stages > 0 then fairy2.convert(model, { stages = stages, quiet = true }) end
-  model:flatten()
-  local opt = optim.AdamW(model:named_parameters(), { lr = 1e-4, betas = { 0.9, 0.95 }, weight_decay = 0.1 }, model.flat)
-  local s = step.new(model, opt, { batch = B, seq_len = T, accum = 1, clip = 1.0, graph = graph })
+  local s, opt = step.setup(model, { lr = 1e-4, betas = { 0.9, 0.95 }, weight_decay = 0.1 },
+    { batch = B, seq_len = T, accum = 1, clip = 1.0, graph = graph })
   return model, opt, s
 end
 

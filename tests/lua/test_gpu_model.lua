@@ -11,7 +11,6 @@ local f2 = require "fairy2"
 local config = require "fairy2.config"
 local fairy2 = require "fairy2.fairy2"
 local llama = require "fairy2.models.llama"
-local optim = require "fairy2.optim"
 local step = require "fairy2.step"
 
 local seed = t.seed()
@@ -115,9 +114,8 @@ do
   local losses = {}
   for _, key in ipairs { "cpu", "f32", "bf16" } do
     local m = models[key]
-    m:flatten()
-    local opt = optim.AdamW(m:named_parameters(), { lr = 1e-3, betas = { 0.9, 0.95 }, weight_decay = 0.1 }, m.flat)
-    local s = step.new(m, opt, { batch = B, seq_len = T, accum = 2, clip = 1.0, graph = true })
+    local s = step.setup(m, { lr = 1e-3, betas = { 0.9, 0.95 }, weight_decay = 0.1 },
+      { batch = B, seq_len = T, accum = 2, clip = 1.0, graph = true })
     losses[key] = {}
     local allocs = {}
     for i = 1, N do
@@ -185,9 +183,8 @@ else
   local losses = {}
   for key, m in pairs { cpu = cpu, gpu = gpu } do
     fairy2.convert(m, { stages = 2, quiet = true })
-    m:flatten()
-    local opt = optim.AdamW(m:named_parameters(), { lr = 1e-4, betas = { 0.9, 0.95 }, weight_decay = 0.1 }, m.flat)
-    local s = step.new(m, opt, { batch = 1, seq_len = 48, accum = 1, clip = 1.0, graph = true })
+    local s = step.setup(m, { lr = 1e-4, betas = { 0.9, 0.95 }, weight_decay = 0.1 },
+      { batch = 1, seq_len = 48, accum = 1, clip = 1.0, graph = true })
     losses[key] = {}
     for i = 1, 4 do
       losses[key][i] = s:run(function(_, dst_ids, dst_targets) dst_ids:copy(bi); dst_targets:copy(bt) end, 1e-4)
