@@ -16,30 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "f2_cuda.cuh"
+#include "attention.cuh"
 
-extern __shared__ __align__(16) unsigned char attn_smem[];   /* every kernel's dynamic shared memory */
+using namespace f2attn;
 
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
-/* ---------------------------------------------------------------- PTX helpers (sm_80+) */
-
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pred) {
-  unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-  int n = pred ? 16 : 0;   /* 0 source bytes: the 16 bytes are zero-filled */
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_async4(void *smem, const void *gmem, bool pred) {
-  unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-  int n = pred ? 4 : 0;
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+/* ---------------------------------------------------------------- mma.sync helpers (sm_80+) */
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t *p) {
   unsigned s = (unsigned)__cvta_generic_to_shared(p);
@@ -53,12 +36,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(s));
 }
-/* 2^x on the SFU (ex2.approx: 2 ulp, -inf -> 0); the softmax's exponentials. */
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
 /* c[16x8] += a[16x16] b[16x8]; fragments as in the PTX ISA (thread t: rows t/4 and t/4+8, columns
  * 2(t%4), 2(t%4)+1 of c). */
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -67,20 +44,6 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
                : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-/* Two floats as a bf16 pair for an MMA operand (lo in the low half = the lower column of a fragment);
- * one cvt instruction, round to nearest even. */
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *(uint32_t *)&v;
-}
-/* Elements off, off+1 (off even) of an f32 or bf16 tensor (bf16 rounded as the CPU does). */
-__device__ __forceinline__ void store2(void *base, int32_t dtype, int64_t off, float a, float b) {
-  if (dtype == F2_BF16)
-    *(uint32_t *)((uint16_t *)base + off) = (uint32_t)f2_dev_f32_to_bf16(a) | ((uint32_t)f2_dev_f32_to_bf16(b) << 16);
-  else
-    *(float2 *)((float *)base + off) = make_float2(a, b);
-}
-
 /* ROWS rows of D bf16 from global (row r at g + r*ld; rows >= n_valid zero-filled) into shared memory
  * with row stride D+8 (the 16-byte pad keeps ldmatrix's eight row reads on distinct banks). */
 template <int ROWS, int D, int NT>
@@ -720,9 +683,6 @@ bwd_dkdv_plain(void *dk, int32_t dk_dtype, void *dv, int32_t dv_dtype, ftensor q
 
 /* ---------------------------------------------------------------- host side */
 
-struct dims {
-  int64_t B, T, H, Hkv, D;
-};
 dims dims_of(const f2_tensor *q, const f2_tensor *k) {
   return {q->shape[0], q->shape[1], q->shape[2], k->shape[2], q->shape[3]};
 }
@@ -751,17 +711,6 @@ bool use_tc(dims d, const f2_tensor *const *in, int n_in, const f2_tensor *const
   return true;
 }
 
-/* Opts a kernel into more than 48 KiB of dynamic shared memory (once per kernel). */
-template <typename K>
-int smem_opt_in(K kernel, size_t bytes, bool &done) {
-  if (!done && bytes > 48 * 1024) {
-    F2_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-  }
-  done = true;
-  return F2_OK;
-}
-
-const uint16_t *u16(const f2_tensor *t) { return (const uint16_t *)t->data; }
 ftensor ft(const f2_tensor *t) { return {t->data, t->dtype}; }
 
 /* ---------------------------------------------------------------- tile variants
@@ -776,15 +725,20 @@ ftensor ft(const f2_tensor *t) { return {t->data, t->dtype}; }
  * often; fewer keep more warps resident. The defaults are what bench_attention (which times every variant)
  * measured fastest on an H200: kv=5 (4 warps of 1 tile, 64-query blocks, 3 blocks/SM, paired) took the
  * SmolLM2 8x2048 backward from 0.873 to 0.689 ms and Qwen3-4B 4x2048 from 2.394 to 2.110 ms; the other
- * kernels' index 0 was within noise of the best (docs/performance.md). */
+ * kernels' index 0 was within noise of the best (docs/performance.md).
+ * The head dim 64 dK/dV list ends with attention_sm90.cu's warpgroup-MMA kernels (from index kMmaKv64
+ * on), the default on a GPU that runs them (sm90_available(): 0.689 -> 0.669 ms for SmolLM2's 8x2048
+ * backward on an H200); elsewhere those indices run the mma.sync default. fwd=5 measured 3% under fwd=0
+ * on the same card (twice), so it became head dim 64's default. */
 struct attn_variant {
   int fwd, dq, kv;
 };
-constexpr attn_variant kDefault64 = {0, 0, 5}, kDefault128 = {0, 0, 5};
-constexpr attn_variant kCount64 = {6, 5, 15}, kCount128 = {5, 5, 10};   /* the lists' lengths */
+constexpr int kMmaKv64 = 15;   /* the mma.sync dK/dV list's length (head dim 64) */
+constexpr attn_variant kDefault64 = {5, 0, 5}, kDefaultSm90 = {5, 0, kMmaKv64}, kDefault128 = {0, 0, 5};
+constexpr attn_variant kCount64 = {6, 5, kMmaKv64 + kSm90Kv}, kCount128 = {5, 5, 10};   /* the lists' lengths */
 
 int read_variant(const char *op, int64_t D, attn_variant *v) {
-  *v = D == 64 ? kDefault64 : kDefault128;
+  *v = D == 64 ? (sm90_available() ? kDefaultSm90 : kDefault64) : kDefault128;
   const attn_variant cnt = D == 64 ? kCount64 : kCount128;
   const char *env = getenv("F2_ATTN_VARIANT");
   if (!env) return F2_OK;
@@ -831,15 +785,6 @@ int launch_fwd_tc(f2_tensor *out, f2_tensor *lse, const f2_tensor *q, const f2_t
   F2_CUDA_CHECK_LAUNCH("attention forward (tensor cores)");
   return F2_OK;
 }
-
-/* The backward's operands, for the dQ and dK/dV launchers. */
-struct bwd_args {
-  f2_tensor *dq, *dk, *dv;
-  const f2_tensor *dout, *q, *k, *v;
-  const float *lse, *dvec;
-  dims d;
-  float scale;
-};
 
 template <int D, int NW, int RM, int BN, int MINB>
 int launch_dq_tc(const bwd_args &a) {
@@ -1014,9 +959,13 @@ extern "C" int f2_cuda_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tenso
     attn_variant var;
     const bwd_args a = {dq, dk, dv, dout, q, k, v, (const float *)lse->data, dvec, d, scale};
     rc = read_variant(op, d.D, &var);
+    const bool sm90_kv = d.D == 64 && var.kv >= kMmaKv64;
+    if (sm90_kv && !sm90_available()) var.kv = kDefault64.kv;   /* not this GPU: the mma.sync default */
     bool dq_done = false;   /* a fused dK/dV variant does dQ too */
     if (rc == F2_OK)
-      rc = d.D == 64 ? launch_kv_variant<64>(var.kv, a, &dq_done) : launch_kv_variant<128>(var.kv, a, &dq_done);
+      rc = d.D == 64 && var.kv >= kMmaKv64 ? sm90_dkdv(var.kv - kMmaKv64, a)
+           : d.D == 64                     ? launch_kv_variant<64>(var.kv, a, &dq_done)
+                                           : launch_kv_variant<128>(var.kv, a, &dq_done);
     if (rc == F2_OK && !dq_done)
       rc = d.D == 64 ? launch_dq_variant<64>(var.dq, a) : launch_dq_variant<128>(var.dq, a);
   } else {
