@@ -489,24 +489,26 @@ __global__ void rope_tables_kernel(float *cos_table, float *sin_table, const flo
 }
 
 /* A thread per V pairs (i, i + half) of one head row: both halves read before either is written (out may
- * be x). Rows are (b, t, h); position t = row / heads % seq. */
+ * be x). Rows are (b, t, h); position t = row / heads % seq. The (b, t) rows of H heads sit ldx (x) and
+ * ldo (out) elements apart: contiguous, or heads inside a fused q/k/v projection's rows. */
 template <int V>
 __global__ void rope_kernel(void *out, int out_bf, const void *x, int x_bf, const float *cos_table,
                             const float *sin_table, int64_t rows, int64_t seq, int64_t heads, int64_t half,
-                            float sign) {
+                            int64_t ldx, int64_t ldo, float sign) {
   const int64_t per_row = half / V, n = rows * per_row;
   F2_GRID_STRIDE(i, n) {
-    int64_t row, j, t;
+    int64_t bt, h, j, t;
     if (n <= 0xffffffffll) {   /* 32-bit division when it fits (64-bit is emulated, several times slower) */
-      uint32_t r = (uint32_t)i / (uint32_t)per_row;
-      row = r, j = ((uint32_t)i - r * (uint32_t)per_row) * V, t = r / (uint32_t)heads % (uint32_t)seq;
+      uint32_t r = (uint32_t)i / (uint32_t)per_row, b = r / (uint32_t)heads;
+      bt = b, h = r - b * (uint32_t)heads, j = ((uint32_t)i - r * (uint32_t)per_row) * V, t = b % (uint32_t)seq;
     } else {
-      row = i / per_row, j = (i % per_row) * V, t = row / heads % seq;
+      int64_t row = i / per_row;
+      bt = row / heads, h = row % heads, j = (i % per_row) * V, t = bt % seq;
     }
-    int64_t base = row * 2 * half + j;
+    int64_t xb = bt * ldx + h * 2 * half + j, ob = bt * ldo + h * 2 * half + j;
     float x1[V], x2[V], c[V], s[V];
-    load_v<V>(x, x_bf, base, x1);
-    load_v<V>(x, x_bf, base + half, x2);
+    load_v<V>(x, x_bf, xb, x1);
+    load_v<V>(x, x_bf, xb + half, x2);
     load_v<V>(cos_table, 0, t * half + j, c);
     load_v<V>(sin_table, 0, t * half + j, s);
     float o1[V], o2[V];
@@ -516,43 +518,63 @@ __global__ void rope_kernel(void *out, int out_bf, const void *x, int x_bf, cons
       o1[k] = x1[k] * c[k] - x2[k] * sk;
       o2[k] = x2[k] * c[k] + x1[k] * sk;
     }
-    store_v<V>(out, out_bf, base, o1);
-    store_v<V>(out, out_bf, base + half, o2);
+    store_v<V>(out, out_bf, ob, o1);
+    store_v<V>(out, out_bf, ob + half, o2);
   }
 }
 
 /* ---------------------------------------------------------------- SwiGLU: out = silu(gate) * up */
 
+/* Operands are [rows, cols] with their own row strides (lg, lu, lo, ...: contiguous, or the gate/up
+ * halves of a fused projection's rows); a thread per V elements of one row. */
+__device__ __forceinline__ void swiglu_index(int64_t i, int64_t n, int64_t per_row, int64_t &r, int64_t &c) {
+  if (n <= 0xffffffffll) {   /* 32-bit division when it fits */
+    uint32_t q = (uint32_t)i / (uint32_t)per_row;
+    r = q, c = (uint32_t)i - q * (uint32_t)per_row;
+  } else {
+    r = i / per_row, c = i % per_row;
+  }
+}
+
 template <int V>
 __global__ void swiglu_forward_kernel(void *out, int out_bf, const void *gate, int g_bf, const void *up, int u_bf,
-                                      int64_t n) {
-  F2_GRID_STRIDE(i, n / V) {
+                                      int64_t rows, int64_t cols, int64_t lo, int64_t lg, int64_t lu) {
+  const int64_t per_row = cols / V, n = rows * per_row;
+  F2_GRID_STRIDE(i, n) {
+    int64_t r, c;
+    swiglu_index(i, n, per_row, r, c);
+    c *= V;
     float g[V], u[V], o[V];
-    load_v<V>(gate, g_bf, i * V, g);
-    load_v<V>(up, u_bf, i * V, u);
+    load_v<V>(gate, g_bf, r * lg + c, g);
+    load_v<V>(up, u_bf, r * lu + c, u);
 #pragma unroll
     for (int k = 0; k < V; k++) o[k] = g[k] / (1.0f + expf(-g[k])) * u[k];
-    store_v<V>(out, out_bf, i * V, o);
+    store_v<V>(out, out_bf, r * lo + c, o);
   }
 }
 
 /* dgate and dup may be gate and up: a thread reads its elements before it writes them. */
 template <int V>
 __global__ void swiglu_backward_kernel(void *dgate, int dg_bf, void *dup, int du_bf, const void *dout, int dy_bf,
-                                       const void *gate, int g_bf, const void *up, int u_bf, int64_t n) {
-  F2_GRID_STRIDE(i, n / V) {
+                                       const void *gate, int g_bf, const void *up, int u_bf, int64_t rows,
+                                       int64_t cols, int64_t ldg, int64_t ldu, int64_t ldy, int64_t lg, int64_t lu) {
+  const int64_t per_row = cols / V, n = rows * per_row;
+  F2_GRID_STRIDE(i, n) {
+    int64_t r, c;
+    swiglu_index(i, n, per_row, r, c);
+    c *= V;
     float g[V], u[V], dy[V], dg[V], du[V];
-    load_v<V>(gate, g_bf, i * V, g);
-    load_v<V>(up, u_bf, i * V, u);
-    load_v<V>(dout, dy_bf, i * V, dy);
+    load_v<V>(gate, g_bf, r * lg + c, g);
+    load_v<V>(up, u_bf, r * lu + c, u);
+    load_v<V>(dout, dy_bf, r * ldy + c, dy);
 #pragma unroll
     for (int k = 0; k < V; k++) {
       float s = 1.0f / (1.0f + expf(-g[k]));
       dg[k] = dy[k] * u[k] * s * (1.0f + g[k] * (1.0f - s));
       du[k] = dy[k] * g[k] * s;
     }
-    store_v<V>(dgate, dg_bf, i * V, dg);
-    store_v<V>(dup, du_bf, i * V, du);
+    store_v<V>(dgate, dg_bf, r * ldg + c, dg);
+    store_v<V>(dup, du_bf, r * ldu + c, du);
   }
 }
 
@@ -951,48 +973,65 @@ extern "C" int f2_cuda_rope_tables(f2_tensor *cos_table, f2_tensor *sin_table, c
   return F2_OK;
 }
 
+/* out and x come from the dispatch with strides {T*ld, ld, Dh, 1} (nn_cpu.c: rope_layout). */
 extern "C" int f2_cuda_rope(f2_tensor *out, const f2_tensor *x, const f2_tensor *cos_table, const f2_tensor *sin_table,
                             float sign) {
   int64_t seq = x->shape[1], heads = x->shape[2], half = x->shape[3] / 2, rows = x->shape[0] * seq * heads;
+  int64_t ldx = x->stride[1], ldo = out->stride[1];
   if (rows * half == 0) return F2_OK;
-  bool vec = half % 4 == 0 && aligned4(out) && aligned4(x) && aligned4(cos_table) && aligned4(sin_table);
+  bool vec = half % 4 == 0 && ldx % 4 == 0 && ldo % 4 == 0 && aligned4(out) && aligned4(x) && aligned4(cos_table) &&
+             aligned4(sin_table);
   if (vec)
     rope_kernel<4><<<f2_blocks(rows * half / 4, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
         out->data, is_bf16(out), x->data, is_bf16(x), (const float *)cos_table->data, (const float *)sin_table->data,
-        rows, seq, heads, half, sign);
+        rows, seq, heads, half, ldx, ldo, sign);
   else
     rope_kernel<1><<<f2_blocks(rows * half, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
         out->data, is_bf16(out), x->data, is_bf16(x), (const float *)cos_table->data, (const float *)sin_table->data,
-        rows, seq, heads, half, sign);
+        rows, seq, heads, half, ldx, ldo, sign);
   F2_CUDA_CHECK_LAUNCH("rope_kernel");
   return F2_OK;
 }
 
+/* The SwiGLU operands come from the dispatch as 2-D [rows, cols] with strides {ld, 1} (nn_cpu.c:
+ * rows_layout; all contiguous: one row). The vector path needs every row start 4-aligned. */
+static bool swiglu_vec(int64_t cols, const f2_tensor *const *t, int n) {
+  bool ok = cols % 4 == 0;
+  for (int i = 0; i < n; i++) ok = ok && aligned4(t[i]) && (t[i]->shape[0] <= 1 || t[i]->stride[0] % 4 == 0);
+  return ok;
+}
+
 extern "C" int f2_cuda_swiglu_forward(f2_tensor *out, const f2_tensor *gate, const f2_tensor *up) {
-  int64_t n = f2_tensor_numel(gate);
-  if (n == 0) return F2_OK;
-  if (n % 4 == 0 && aligned4(out) && aligned4(gate) && aligned4(up))
-    swiglu_forward_kernel<4><<<f2_blocks(n / 4, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
-        out->data, is_bf16(out), gate->data, is_bf16(gate), up->data, is_bf16(up), n);
+  int64_t rows = gate->shape[0], cols = gate->shape[1];
+  if (rows * cols == 0) return F2_OK;
+  const f2_tensor *all[3] = {out, gate, up};
+  if (swiglu_vec(cols, all, 3))
+    swiglu_forward_kernel<4><<<f2_blocks(rows * cols / 4, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
+        out->data, is_bf16(out), gate->data, is_bf16(gate), up->data, is_bf16(up), rows, cols, out->stride[0],
+        gate->stride[0], up->stride[0]);
   else
-    swiglu_forward_kernel<1><<<f2_blocks(n, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
-        out->data, is_bf16(out), gate->data, is_bf16(gate), up->data, is_bf16(up), n);
+    swiglu_forward_kernel<1><<<f2_blocks(rows * cols, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
+        out->data, is_bf16(out), gate->data, is_bf16(gate), up->data, is_bf16(up), rows, cols, out->stride[0],
+        gate->stride[0], up->stride[0]);
   F2_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
   return F2_OK;
 }
 
 extern "C" int f2_cuda_swiglu_backward(f2_tensor *dgate, f2_tensor *dup, const f2_tensor *dout, const f2_tensor *gate,
                                        const f2_tensor *up) {
-  int64_t n = f2_tensor_numel(gate);
-  if (n == 0) return F2_OK;
-  if (n % 4 == 0 && aligned4(dgate) && aligned4(dup) && aligned4(dout) && aligned4(gate) && aligned4(up))
-    swiglu_backward_kernel<4><<<f2_blocks(n / 4, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
+  int64_t rows = gate->shape[0], cols = gate->shape[1];
+  if (rows * cols == 0) return F2_OK;
+  const f2_tensor *all[5] = {dgate, dup, dout, gate, up};
+  if (swiglu_vec(cols, all, 5))
+    swiglu_backward_kernel<4><<<f2_blocks(rows * cols / 4, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
         dgate->data, is_bf16(dgate), dup->data, is_bf16(dup), dout->data, is_bf16(dout), gate->data, is_bf16(gate),
-        up->data, is_bf16(up), n);
+        up->data, is_bf16(up), rows, cols, dgate->stride[0], dup->stride[0], dout->stride[0], gate->stride[0],
+        up->stride[0]);
   else
-    swiglu_backward_kernel<1><<<f2_blocks(n, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
+    swiglu_backward_kernel<1><<<f2_blocks(rows * cols, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
         dgate->data, is_bf16(dgate), dup->data, is_bf16(dup), dout->data, is_bf16(dout), gate->data, is_bf16(gate),
-        up->data, is_bf16(up), n);
+        up->data, is_bf16(up), rows, cols, dgate->stride[0], dup->stride[0], dout->stride[0], gate->stride[0],
+        up->stride[0]);
   F2_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
   return F2_OK;
 }

@@ -257,7 +257,9 @@ int f2_rmsnorm_backward_add(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *
 /* RoPE tables: cos/sin[P, Dh/2] at positions 0..P-1 from inv_freq[Dh/2] (angle = p * inv_freq as fp32). */
 int f2_rope_tables(f2_tensor *cos_table, f2_tensor *sin_table, const f2_tensor *inv_freq);
 /* HF rotate-half RoPE on x[B,T,H,Dh]: pairs (i, i + Dh/2); position t uses table row t (narrow the
- * tables for an offset). out may be x. Backward rotates by the opposite angle. */
+ * tables for an offset). out may be x. Backward rotates by the opposite angle. out and x may also be
+ * row-strided: each (b, t) row of H*Dh contiguous elements at one row stride of its own (the heads
+ * inside a fused q/k/v projection's rows); other overlaps of out and x are undefined. */
 int f2_rope_forward(f2_tensor *out, const f2_tensor *x, const f2_tensor *cos_table, const f2_tensor *sin_table);
 int f2_rope_backward(f2_tensor *dx, const f2_tensor *dout, const f2_tensor *cos_table, const f2_tensor *sin_table);
 
@@ -277,7 +279,9 @@ int f2_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tensor *dv, const f2_
 int f2_attention_decode(f2_tensor *out, const f2_tensor *q, const f2_tensor *k_cache, const f2_tensor *v_cache,
                         int64_t n_past, float scale);
 
-/* SwiGLU: out = silu(gate) * up, all one shape. The backward may write dgate/dup over gate/up. */
+/* SwiGLU: out = silu(gate) * up, all one shape. The backward may write dgate/dup over gate/up. Every
+ * operand may be row-strided: rows of its last dim contiguous, at one row stride of its own (the gate
+ * and up column halves of a fused projection's rows). */
 int f2_swiglu_forward(f2_tensor *out, const f2_tensor *gate, const f2_tensor *up);
 int f2_swiglu_backward(f2_tensor *dgate, f2_tensor *dup, const f2_tensor *dout, const f2_tensor *gate,
                        const f2_tensor *up);

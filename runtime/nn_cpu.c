@@ -1,9 +1,10 @@
 /* nn_cpu.c — the model ops of the Llama/Qwen3 family (embedding, RMSNorm, RoPE, causal GQA attention,
  * SwiGLU, cross-entropy), forward and backward: argument checks, the device dispatch and the plain-C
  * reference. Float inputs f32 or bf16, math in fp32 (sums in double), gradients that accumulate are f32.
- * Every tensor must be contiguous. When the tensors are on a GPU, the op goes to its CUDA kernel after
- * the checks (kernels/nn.cu, attention.cu). Loops run on OpenMP threads over independent rows, heads or columns, never splitting a sum, so results
- * do not depend on the thread count; attention goes through f2_cpu_matmul (OpenBLAS when built with it). */
+ * Every tensor must be contiguous (RoPE's and SwiGLU's may also be row-strided views). When the tensors
+ * are on a GPU, the op goes to its CUDA kernel after the checks (kernels/nn.cu, attention.cu). Loops run
+ * on OpenMP threads over independent rows, heads or columns, never splitting a sum, so results do not
+ * depend on the thread count; attention goes through f2_cpu_matmul (OpenBLAS when built with it). */
 #include "f2_internal.h"
 #include "ops_cpu.h"
 
@@ -299,16 +300,70 @@ int f2_rope_tables(f2_tensor *cos_table, f2_tensor *sin_table, const f2_tensor *
   return F2_OK;
 }
 
+/* ---------------------------------------------------------------- row-strided arguments
+ * RoPE and SwiGLU also take views of a wider buffer (the column slices of a fused q/k/v or gate/up
+ * projection's output): t's elements must form rows of `inner` contiguous elements (its trailing
+ * dims), consecutive rows *row_stride elements apart (its leading dims collapse to that one stride),
+ * which is >= inner. */
+static int row_strided(const char *op, const char *name, const f2_tensor *t, int64_t inner, int64_t *row_stride) {
+  if (!t) return F2_FAIL(F2_ERR_ARG, "%s: %s is NULL", op, name);
+  if (t->device != F2_CPU && t->device != F2_CUDA)
+    return F2_FAIL(F2_ERR_ARG, "%s: %s has unknown device %d", op, name, (int)t->device);
+  if (t->dtype != F2_F32 && t->dtype != F2_BF16)
+    return F2_FAIL(F2_ERR_ARG, "%s: %s has dtype %s, expected f32 or bf16", op, name, f2_dtype_name(t->dtype));
+  int d = t->ndim - 1, ok = 1;
+  int64_t prod = 1;
+  for (; d >= 0 && prod < inner; d--) { /* the trailing dims: contiguous */
+    if (t->shape[d] != 1 && t->stride[d] != prod) ok = 0;
+    prod *= t->shape[d];
+  }
+  if (inner > 0 && prod != inner) ok = 0;
+  int64_t stride = inner, next = -1;
+  for (; d >= 0; d--) { /* the leading dims: one row stride */
+    if (t->shape[d] == 1) continue;
+    if (next < 0) stride = t->stride[d];
+    else if (t->stride[d] != next) ok = 0;
+    next = t->stride[d] * t->shape[d];
+  }
+  if (next >= 0 && stride < inner) ok = 0; /* rows would overlap */
+  if (!ok) {
+    char got[128];
+    return F2_FAIL(F2_ERR_ARG, "%s: %s (shape %s) must be rows of %lld contiguous elements with one row stride",
+                   op, name, f2_shape_str(t, got, sizeof got), (long long)inner);
+  }
+  *row_stride = stride;
+  return F2_OK;
+}
+
+/* A copy of the tensor struct with its rows' layout spelled out for the CUDA launchers: 4-D RoPE
+ * heads [B,T,H,Dh] get strides {T*ld, ld, Dh, 1}; SwiGLU operands become 2-D [rows, cols] with strides
+ * {ld, 1}. Same data, no reference taken (the view lives for the call only). */
+static f2_tensor rope_layout(const f2_tensor *t, int64_t ld) {
+  f2_tensor v = *t;
+  v.stride[3] = 1, v.stride[2] = t->shape[3], v.stride[1] = ld, v.stride[0] = t->shape[1] * ld;
+  return v;
+}
+static f2_tensor rows_layout(const f2_tensor *t, int64_t rows, int64_t cols, int64_t ld) {
+  f2_tensor v = *t;
+  v.ndim = 2, v.shape[0] = rows, v.shape[1] = cols, v.stride[0] = ld, v.stride[1] = 1;
+  return v;
+}
+
+/* out and x are [B,T,H,Dh], each with its (b, t) rows of H*Dh elements at its own row stride (a
+ * contiguous tensor, or a view of the heads inside a fused projection's rows). */
 static int rope(const char *op, f2_tensor *out, const f2_tensor *x, const f2_tensor *cos_table,
                 const f2_tensor *sin_table, float sign) {
-  F2_TRY(arg(op, "out", out, FLOAT));
-  F2_TRY(arg(op, "x", x, FLOAT));
+  if (!x) return F2_FAIL(F2_ERR_ARG, "%s: x is NULL", op);
+  if (!out) return F2_FAIL(F2_ERR_ARG, "%s: out is NULL", op);
   F2_TRY(arg(op, "cos", cos_table, F32_ONLY));
   F2_TRY(arg(op, "sin", sin_table, F32_ONLY));
   if (x->ndim != 4) return F2_FAIL(F2_ERR_ARG, "%s: x must be 4-D [batch, seq, heads, head_dim], has %d dims", op, (int)x->ndim);
   int64_t batch = x->shape[0], seq = x->shape[1], heads = x->shape[2], hd = x->shape[3], half = hd / 2;
   if (hd % 2) return F2_FAIL(F2_ERR_ARG, "%s: head_dim %lld is odd", op, (long long)hd);
   F2_TRY(shape_is(op, "out", out, 4, x->shape));
+  int64_t ldx = 0, ldo = 0;
+  F2_TRY(row_strided(op, "x", x, heads * hd, &ldx));
+  F2_TRY(row_strided(op, "out", out, heads * hd, &ldo));
   if (cos_table->ndim != 2 || cos_table->shape[1] != half || cos_table->shape[0] < seq) {
     char got[128];
     return F2_FAIL(F2_ERR_ARG, "%s: cos has shape %s, expected at least %lld positions of head_dim/2 = %lld", op,
@@ -317,16 +372,19 @@ static int rope(const char *op, f2_tensor *out, const f2_tensor *x, const f2_ten
   F2_TRY(shape_is(op, "sin", sin_table, 2, cos_table->shape));
   int gpu = 0;
   F2_TRY(ONE_DEVICE(op, &gpu, out, x, cos_table, sin_table));
-  if (gpu) return F2_PROFILED("rope", f2_cuda_rope(out, x, cos_table, sin_table, sign));
+  if (gpu) {
+    f2_tensor o = rope_layout(out, ldo), xv = rope_layout(x, ldx);
+    return F2_PROFILED("rope", f2_cuda_rope(&o, &xv, cos_table, sin_table, sign));
+  }
 #pragma omp parallel for schedule(static) if (batch * seq * heads * hd >= PARALLEL_MIN)
   for (int64_t bt = 0; bt < batch * seq; bt++)   /* rows (b, t) on threads */
     for (int64_t h = 0; h < heads; h++) {
-      int64_t t = bt % seq, base = (bt * heads + h) * hd;
+      int64_t t = bt % seq, xb = bt * ldx + h * hd, ob = bt * ldo + h * hd;
       for (int64_t i = 0; i < half; i++) {
         float c = F32(cos_table)[t * half + i], s = sign * F32(sin_table)[t * half + i];
-        float x1 = ld(x, base + i), x2 = ld(x, base + i + half);   /* read both before out may overwrite */
-        st(out, base + i, x1 * c - x2 * s);
-        st(out, base + i + half, x2 * c + x1 * s);
+        float x1 = ld(x, xb + i), x2 = ld(x, xb + i + half);   /* read both before out may overwrite */
+        st(out, ob + i, x1 * c - x2 * s);
+        st(out, ob + i + half, x2 * c + x1 * s);
       }
     }
   return F2_OK;
@@ -529,50 +587,83 @@ int f2_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tensor *dv, const f2_
 
 /* ---------------------------------------------------------------- SwiGLU: out = silu(gate) * up */
 
-static int swiglu_args(const char *op, const f2_tensor *gate, const f2_tensor *up) {
-  F2_TRY(arg(op, "gate", gate, FLOAT));
-  F2_TRY(arg(op, "up", up, FLOAT));
-  return shape_is(op, "up", up, gate->ndim, gate->shape);
-}
-
-int f2_swiglu_forward(f2_tensor *out, const f2_tensor *gate, const f2_tensor *up) {
-  const char *op = "f2_swiglu_forward";
-  F2_TRY(swiglu_args(op, gate, up));
-  F2_TRY(arg(op, "out", out, FLOAT));
-  F2_TRY(shape_is(op, "out", out, gate->ndim, gate->shape));
-  int gpu = 0;
-  F2_TRY(ONE_DEVICE(op, &gpu, out, gate, up));
-  if (gpu) return F2_PROFILED("swiglu", f2_cuda_swiglu_forward(out, gate, up));
-  int64_t n = f2_tensor_numel(gate);
-#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-  for (int64_t i = 0; i < n; i++) {
-    float g = ld(gate, i);
-    st(out, i, g / (1.0f + expf(-g)) * ld(up, i));
+/* Every operand has gate's shape; its rows (the last dim) may sit at any one row stride (a view of the
+ * gate or up half of a fused gate/up projection's rows, or of its gradient). ld[i]: operand i's. */
+static int swiglu_args(const char *op, const f2_tensor *const *t, const char *const *names, int n, int64_t *ld,
+                       int64_t *rows, int64_t *cols) {
+  const f2_tensor *gate = t[0];
+  if (!gate) return F2_FAIL(F2_ERR_ARG, "%s: gate is NULL", op);
+  if (gate->ndim < 1) return F2_FAIL(F2_ERR_ARG, "%s: gate must have at least 1 dim", op);
+  *cols = gate->shape[gate->ndim - 1];
+  *rows = *cols ? f2_tensor_numel(gate) / *cols : 0;
+  for (int i = 0; i < n; i++) {
+    if (i > 0) {
+      if (!t[i]) return F2_FAIL(F2_ERR_ARG, "%s: %s is NULL", op, names[i]);
+      F2_TRY(shape_is(op, names[i], t[i], gate->ndim, gate->shape));
+    }
+    F2_TRY(row_strided(op, names[i], t[i], *cols, &ld[i]));
   }
   return F2_OK;
 }
 
-/* silu'(g) = s (1 + g (1 - s)) with s = sigmoid(g). dgate and dup may alias gate and up. */
+/* For the CUDA kernels: all operands contiguous is one row of everything (their vector path then needs
+ * only numel % 4 == 0, not cols % 4 == 0). */
+static void swiglu_one_row(int n, int64_t *ld, int64_t *rows, int64_t *cols) {
+  int contiguous = 1;
+  for (int i = 0; i < n; i++) contiguous = contiguous && ld[i] == *cols;
+  if (!contiguous || *rows <= 1) return;
+  *cols *= *rows, *rows = 1;
+  for (int i = 0; i < n; i++) ld[i] = *cols;
+}
+
+int f2_swiglu_forward(f2_tensor *out, const f2_tensor *gate, const f2_tensor *up) {
+  const char *op = "f2_swiglu_forward";
+  const f2_tensor *t[3] = {gate, up, out};
+  const char *names[3] = {"gate", "up", "out"};
+  int64_t l[3], rows, cols;
+  F2_TRY(swiglu_args(op, t, names, 3, l, &rows, &cols));
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, out, gate, up));
+  if (gpu) {
+    swiglu_one_row(3, l, &rows, &cols);
+    f2_tensor g = rows_layout(gate, rows, cols, l[0]), u = rows_layout(up, rows, cols, l[1]),
+              o = rows_layout(out, rows, cols, l[2]);
+    return F2_PROFILED("swiglu", f2_cuda_swiglu_forward(&o, &g, &u));
+  }
+#pragma omp parallel for schedule(static) if (rows * cols >= PARALLEL_MIN)
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) {
+      float g = ld(gate, r * l[0] + c);
+      st(out, r * l[2] + c, g / (1.0f + expf(-g)) * ld(up, r * l[1] + c));
+    }
+  return F2_OK;
+}
+
+/* silu'(g) = s (1 + g (1 - s)) with s = sigmoid(g). dgate and dup may be the very views of gate and up. */
 int f2_swiglu_backward(f2_tensor *dgate, f2_tensor *dup, const f2_tensor *dout, const f2_tensor *gate,
                        const f2_tensor *up) {
   const char *op = "f2_swiglu_backward";
-  F2_TRY(swiglu_args(op, gate, up));
-  F2_TRY(arg(op, "dout", dout, FLOAT));
-  F2_TRY(shape_is(op, "dout", dout, gate->ndim, gate->shape));
-  F2_TRY(arg(op, "dgate", dgate, FLOAT));
-  F2_TRY(shape_is(op, "dgate", dgate, gate->ndim, gate->shape));
-  F2_TRY(arg(op, "dup", dup, FLOAT));
-  F2_TRY(shape_is(op, "dup", dup, gate->ndim, gate->shape));
+  const f2_tensor *t[5] = {gate, up, dout, dgate, dup};
+  const char *names[5] = {"gate", "up", "dout", "dgate", "dup"};
+  int64_t l[5], rows, cols;
+  F2_TRY(swiglu_args(op, t, names, 5, l, &rows, &cols));
   int gpu = 0;
   F2_TRY(ONE_DEVICE(op, &gpu, dgate, dup, dout, gate, up));
-  if (gpu) return F2_PROFILED("swiglu_backward", f2_cuda_swiglu_backward(dgate, dup, dout, gate, up));
-  int64_t n = f2_tensor_numel(gate);
-#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-  for (int64_t i = 0; i < n; i++) {
-    float g = ld(gate, i), u = ld(up, i), dy = ld(dout, i), s = 1.0f / (1.0f + expf(-g));
-    st(dgate, i, dy * u * s * (1.0f + g * (1.0f - s)));
-    st(dup, i, dy * g * s);
+  if (gpu) {
+    swiglu_one_row(5, l, &rows, &cols);
+    f2_tensor g = rows_layout(gate, rows, cols, l[0]), u = rows_layout(up, rows, cols, l[1]),
+              dy = rows_layout(dout, rows, cols, l[2]), dg = rows_layout(dgate, rows, cols, l[3]),
+              du = rows_layout(dup, rows, cols, l[4]);
+    return F2_PROFILED("swiglu_backward", f2_cuda_swiglu_backward(&dg, &du, &dy, &g, &u));
   }
+#pragma omp parallel for schedule(static) if (rows * cols >= PARALLEL_MIN)
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) {
+      float g = ld(gate, r * l[0] + c), u = ld(up, r * l[1] + c), dy = ld(dout, r * l[2] + c);
+      float s = 1.0f / (1.0f + expf(-g));
+      st(dgate, r * l[3] + c, dy * u * s * (1.0f + g * (1.0f - s)));
+      st(dup, r * l[4] + c, dy * g * s);
+    }
   return F2_OK;
 }
 

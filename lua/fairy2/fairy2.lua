@@ -189,9 +189,7 @@ function M.quantize_all(model, opts)
     local m = entry.module
     local r = m:master()
     local dtype = opts.dtype or (m.r_hat and m.r_hat:dtype()) or "f32"
-    if not m.r_hat or m.r_hat:dtype() ~= dtype or m.r_hat:device() ~= r:device() then
-      m.r_hat = f2.empty({ m.out_features, m.in_features }, { dtype = dtype, device = r:device() })
-    end
+    m:ensure_r_hat(dtype, r:device())   -- in a fused projection: its slice of the group's stack
     local c = m.cfg
     local key = table.concat({ c.stages, c.granularity, c.group_size, c.skip_finite_check, dtype, r:device() }, ":")
     if not groups[key] then

@@ -2,9 +2,14 @@
 -- q/k/v projections, Qwen3's per-head RMSNorm on q and k (over head_dim, before RoPE), rotate-half
 -- RoPE, causal attention with grouped KV heads (query head h reads KV head h / (heads / kv_heads)),
 -- scale head_dim^-0.5, o projection. Input and output [B, T, hidden], in x's dtype.
+-- Without the q/k norm, q/k/v are one GEMM (nn/fused.lua) when the layers allow it: RoPE reads q and k
+-- straight from the fused output's rows into contiguous heads, v is copied out; the backward writes
+-- the three gradients into one stacked gradient for one dX and one dW GEMM. opts.fuse_proj = false
+-- (or fused.set(model, false)) keeps three GEMMs.
 local f2 = require "fairy2"
 local nn = require "fairy2.nn.module"
 local Linear = require "fairy2.nn.linear"
+local fused = require "fairy2.nn.fused"
 local RMSNorm = require "fairy2.nn.rmsnorm"
 local C = f2.C
 
@@ -16,6 +21,7 @@ function Attention:init(desc, rotary, opts)
   local hidden, hd = desc.hidden, desc.head_dim
   self.heads, self.kv_heads, self.head_dim, self.rotary = desc.heads, desc.kv_heads, hd, rotary
   self.scale = hd ^ -0.5
+  self.fuse_proj = not (opts and opts.fuse_proj == false)
   local lopts = { bias = desc.attention_bias or false, device = opts and opts.device }
   self:register_module("q_proj", Linear(hidden, desc.heads * hd, lopts))
   self:register_module("k_proj", Linear(hidden, desc.kv_heads * hd, lopts))
@@ -38,18 +44,55 @@ local function project(self, proj, norm, x, B, T, heads)
   return t, pre
 end
 
+-- The q/k/v group when the projections run as one GEMM for x (nil: one each).
+local function qkv_group(self, x)
+  if self.q_norm then return nil end
+  local g = fused.group(self, "qkv", { self.q_proj, self.k_proj, self.v_proj })
+  return g and g:accepts(x) and g or nil
+end
+
+-- Heads [B, T, heads, head_dim] at column col of the fused rows y [B*T, width] (a strided view).
+local function heads_view(self, y, B, T, col, heads)
+  local width = y:shape()[2]
+  return fused.view(y, { B, T, heads, self.head_dim }, { T * width, width, self.head_dim, 1 }, col)
+end
+
+-- One GEMM for q/k/v; RoPE from its rows into contiguous q and k, v copied out.
+local function project_fused(self, g, x, B, T)
+  local x2 = x:view({ B * T, x:shape()[3] })
+  local y = g:forward(x2)
+  local hd, opts = self.head_dim, { dtype = x:dtype(), device = x:device() }
+  local q = f2.empty({ B, T, self.heads, hd }, opts)
+  local k, v = f2.empty({ B, T, self.kv_heads, hd }, opts), f2.empty({ B, T, self.kv_heads, hd }, opts)
+  local qv, kv = heads_view(self, y, B, T, 0, self.heads), heads_view(self, y, B, T, self.heads * hd, self.kv_heads)
+  local vv = heads_view(self, y, B, T, (self.heads + self.kv_heads) * hd, self.kv_heads)
+  self.rotary:ensure(T)
+  local cos, sin = self.rotary.cos.h, self.rotary.sin.h
+  f2.check(C.f2_rope_forward(q.h, qv.h, cos, sin), "Attention:forward (RoPE q)", 3)
+  f2.check(C.f2_rope_forward(k.h, kv.h, cos, sin), "Attention:forward (RoPE k)", 3)
+  f2.check(C.f2_copy(v.h, vv.h), "Attention:forward (v)", 3)
+  for _, t in ipairs { qv, kv, vv, y } do t:free() end
+  return q, k, v
+end
+
 function Attention:forward(x)
   local shape = x:shape()
   if #shape ~= 3 then error("Attention:forward: x must be [batch, seq, hidden], got " .. #shape .. " dims", 2) end
   local B, T, D = shape[1], shape[2], shape[3]
-  local q, q_pre = project(self, self.q_proj, self.q_norm, x, B, T, self.heads)
-  local k, k_pre = project(self, self.k_proj, self.k_norm, x, B, T, self.kv_heads)
-  local v = self.v_proj:forward(x):as({ B, T, self.kv_heads, self.head_dim })
+  local g = qkv_group(self, x)
+  local q, q_pre, k, k_pre, v
+  if g then
+    q, k, v = project_fused(self, g, x, B, T)
+  else
+    q, q_pre = project(self, self.q_proj, self.q_norm, x, B, T, self.heads)
+    k, k_pre = project(self, self.k_proj, self.k_norm, x, B, T, self.kv_heads)
+    v = self.v_proj:forward(x):as({ B, T, self.kv_heads, self.head_dim })
+  end
   local out = f2.empty({ B, T, self.heads, self.head_dim }, { dtype = x:dtype(), device = x:device() })
   local lse = f2.empty({ B, self.heads, T }, { dtype = "f32", device = x:device() })
   f2.check(C.f2_attention_forward(out.h, lse.h, q.h, k.h, v.h, self.scale), "Attention:forward", 2)
   out = out:as({ B, T, self.heads * self.head_dim })
-  self.saved = { q = q, k = k, v = v, q_pre = q_pre, k_pre = k_pre, out = out, lse = lse }
+  self.saved = { q = q, k = k, v = v, q_pre = q_pre, k_pre = k_pre, out = out, lse = lse, group = g }
   return self.o_proj:forward(out)
 end
 
@@ -83,6 +126,22 @@ function Attention:backward(x, dy)
   f2.check(C.f2_attention_backward(dq.h, dk.h, dv.h, dout.h, s.q.h, s.k.h, s.v.h, out4.h, s.lse.h,
     self.scale), "Attention:backward", 2)
   for _, t in ipairs { dout, out4, s.q, s.k, s.v, s.lse } do t:free() end
+  if s.group then
+    -- The three gradients into one stacked gradient (RoPE's backward writes its q and k columns), then
+    -- the group's one dX and one dW GEMM.
+    local hd = self.head_dim
+    local dy3 = f2.empty({ B * T, s.group.total }, opts)
+    local dqv, dkv = heads_view(self, dy3, B, T, 0, self.heads), heads_view(self, dy3, B, T, self.heads * hd, self.kv_heads)
+    local dvv = heads_view(self, dy3, B, T, (self.heads + self.kv_heads) * hd, self.kv_heads)
+    local cos, sin = self.rotary.cos.h, self.rotary.sin.h
+    f2.check(C.f2_rope_backward(dqv.h, dq.h, cos, sin), "Attention:backward (RoPE q)", 2)
+    f2.check(C.f2_rope_backward(dkv.h, dk.h, cos, sin), "Attention:backward (RoPE k)", 2)
+    f2.check(C.f2_copy(dvv.h, dv.h), "Attention:backward (v)", 2)
+    for _, t in ipairs { dqv, dkv, dvv, dq, dk, dv } do t:free() end
+    local dx = s.group:backward(dy3)
+    dy3:free()
+    return dx:as(shape)
+  end
   local dx = unproject(self, self.q_proj, self.q_norm, x, s.q_pre, dq)
   unproject(self, self.k_proj, self.k_norm, x, s.k_pre, dk, dx)
   local dv2 = dv:as({ B, T, self.kv_heads * self.head_dim })

@@ -14,7 +14,7 @@ function Block:init(desc, rotary, opts)
   self:register_module("self_attn", Attention(desc, rotary, opts))
   self:register_module("post_attention_layernorm", RMSNorm(desc.hidden, desc.rms_eps, opts))
   self:register_module("mlp", MLP(desc.hidden, desc.intermediate, { bias = desc.mlp_bias, device = opts and opts.device,
-    recompute = opts and opts.recompute }))
+    recompute = opts and opts.recompute, fuse_proj = opts and opts.fuse_proj }))
 end
 
 function Block:forward(x)

@@ -79,16 +79,27 @@ end
 
 -- Quantizes the master R into self.r_hat (dtype "f32" or "bf16", default the current one or f32) and
 -- self.scales; returns R_hat. codes: a u8 (T, 2, out/2, in/2) tensor to fill too, or nil.
+-- In a fused projection (nn/fused.lua) r_hat is a row slice of the group's stacked R_hat: written in
+-- place, and a new dtype or device re-stacks the whole group.
 function Fairy2Linear:quantize(dtype, codes)
   dtype = dtype or (self.r_hat and self.r_hat:dtype()) or "f32"
   if dtype ~= "f32" and dtype ~= "bf16" then error("Fairy2Linear:quantize: R_hat is f32 or bf16, not " .. dtype, 2) end
   local r = self:master()
-  if not self.r_hat or self.r_hat:dtype() ~= dtype or self.r_hat:device() ~= r:device() then
-    self.r_hat = f2.empty({ self.out_features, self.in_features }, { dtype = dtype, device = r:device() })
-  end
+  self:ensure_r_hat(dtype, r:device())
   f2.check(C.f2_fairy2_quantize(h(self.r_hat), h(self.scales), codes and h(codes) or nil, h(r), self.cfg),
     self.__name .. ":quantize", 2)
   self.r_hat_ready = false
+  return self.r_hat
+end
+
+-- Makes self.r_hat an (uninitialized) R_hat of dtype on device unless it is one: the fused group's
+-- slice when the layer is in one, else a tensor of its own.
+function Fairy2Linear:ensure_r_hat(dtype, device)
+  if self.fused_group then
+    self.fused_group:ensure_stack(dtype, device)
+  elseif not self.r_hat or self.r_hat:dtype() ~= dtype or self.r_hat:device() ~= device then
+    self.r_hat = f2.empty({ self.out_features, self.in_features }, { dtype = dtype, device = device })
+  end
   return self.r_hat
 end
 
