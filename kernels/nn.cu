@@ -9,6 +9,8 @@
 
 #include <cub/device/device_radix_sort.cuh>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 namespace {
 
@@ -476,6 +478,246 @@ __global__ void __launch_bounds__(F2_THREADS) rmsnorm_backward_fast_kernel(
   }
 }
 
+/* ---------------------------------------------------------------- RMSNorm, persistent variants
+ * The default where they apply (variant 1 of F2_NORM_VARIANT, see read_norm_variant; 0 runs the kernels
+ * above).
+ * Why the ones above miss bandwidth: a row group loads its row, then computes (butterfly, fp64 divide)
+ * and stores with nothing in flight, and the backward adds every dweight term into shared memory (a
+ * read-modify-write per element, lanes 8 words apart: 8-way bank conflicts). These keep a fixed grid
+ * resident (blocks per SM from the occupancy API: fixed per kernel, shape and device, so every sum
+ * still has one order), every row group walks rows r, r + groups, ...; with PF the next row's loads
+ * are issued before the current row is computed (a different row: no alias with its stores). The
+ * backward's dweight terms stay in registers (a lane owns fixed columns), written to shared memory
+ * once per block. Rows are held as loaded (bf16: 8 elements in 4 words) to halve the registers.
+ * They take the fast path's shapes up to 1024 elements with the activations all of one dtype (BF). */
+
+/* 8 elements of the activation dtype as loaded: 4 words of bf16 pairs, or 8 f32 words. */
+template <int BF>
+__device__ __forceinline__ void load_raw(const void *p, int64_t i, uint32_t (&v)[BF ? 4 : 8]) {
+  if constexpr (BF) {
+    uint4 u = *(const uint4 *)((const uint16_t *)p + i);
+    v[0] = u.x, v[1] = u.y, v[2] = u.z, v[3] = u.w;
+  } else {
+    uint4 u = *(const uint4 *)((const float *)p + i), w = *(const uint4 *)((const float *)p + i + 4);
+    v[0] = u.x, v[1] = u.y, v[2] = u.z, v[3] = u.w, v[4] = w.x, v[5] = w.y, v[6] = w.z, v[7] = w.w;
+  }
+}
+template <int BF>
+__device__ __forceinline__ float raw_at(const uint32_t (&v)[BF ? 4 : 8], int k) {
+  if constexpr (BF) return __uint_as_float(k & 1 ? v[k >> 1] & 0xffff0000u : v[k >> 1] << 16);
+  else return __uint_as_float(v[k]);
+}
+template <int BF>
+__device__ __forceinline__ void store_raw(void *p, int64_t i, const uint32_t (&v)[BF ? 4 : 8]) {
+  if constexpr (BF) {
+    *(uint4 *)((uint16_t *)p + i) = make_uint4(v[0], v[1], v[2], v[3]);
+  } else {
+    *(uint4 *)((float *)p + i) = make_uint4(v[0], v[1], v[2], v[3]);
+    *(uint4 *)((float *)p + i + 4) = make_uint4(v[4], v[5], v[6], v[7]);
+  }
+}
+
+/* The forward (with b: sum = a + b first, all of dtype BF): the same arithmetic as
+ * rmsnorm_forward_fast_kernel, so the same bits. The row x (a, or the sum rounded to BF) is held as
+ * stored: exact, and half the registers for bf16. */
+template <int G, int N, int PF, int BF>
+__global__ void __launch_bounds__(F2_THREADS) rmsnorm_forward_pipe_kernel(
+    void *out, float *rstd, void *sum, const void *a, const void *b, const void *weight, int w_bf, int64_t rows,
+    int64_t dim, float eps) {
+  constexpr int W = BF ? 4 : 8;
+  const int lane = threadIdx.x % G, group = threadIdx.x / G, per_block = F2_THREADS / G;
+  const int64_t vectors = dim / 8, groups = (int64_t)gridDim.x * per_block, first = (int64_t)blockIdx.x * per_block;
+  uint32_t ra[N][W], rb[N][W];
+  auto load_row = [&](int64_t r) {
+    if (r >= rows) return;
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      int64_t j = lane + (int64_t)i * G;
+      if (j < vectors) {
+        load_raw<BF>(a, r * dim + j * 8, ra[i]);
+        if (b) load_raw<BF>(b, r * dim + j * 8, rb[i]);
+      }
+    }
+  };
+  if (PF) load_row(first + group);
+  for (int64_t base = first; base < rows; base += groups) {   /* uniform over the block: shuffles */
+    int64_t r = base + group;
+    bool valid = r < rows;
+    if (!PF) load_row(r);
+    uint32_t xr[N][W];
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      if (!b)
+#pragma unroll
+        for (int m = 0; m < W; m++) xr[i][m] = ra[i][m];
+      else if constexpr (BF)
+#pragma unroll
+        for (int m = 0; m < W; m++)
+          xr[i][m] = (uint32_t)f2_dev_f32_to_bf16(raw_at<BF>(ra[i], 2 * m) + raw_at<BF>(rb[i], 2 * m)) |
+                     (uint32_t)f2_dev_f32_to_bf16(raw_at<BF>(ra[i], 2 * m + 1) + raw_at<BF>(rb[i], 2 * m + 1)) << 16;
+      else
+#pragma unroll
+        for (int m = 0; m < W; m++) xr[i][m] = __float_as_uint(raw_at<BF>(ra[i], m) + raw_at<BF>(rb[i], m));
+    }
+    if (PF) load_row(r + groups);
+    double ss = 0;
+    if (valid) {
+#pragma unroll
+      for (int i = 0; i < N; i++) {
+        int64_t j = lane + (int64_t)i * G;
+        if (j < vectors) {
+          if (b) store_raw<BF>(sum, r * dim + j * 8, xr[i]);
+          float t[8];
+#pragma unroll
+          for (int k = 0; k < 8; k++) t[k] = raw_at<BF>(xr[i], k) * raw_at<BF>(xr[i], k);
+          ss += (double)tree8(t);
+        }
+      }
+    }
+    ss = group_sum<G>(ss);
+    if (!valid) continue;
+    float rs = (float)(1.0 / sqrt(ss / (double)dim + (double)eps));
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      int64_t j = lane + (int64_t)i * G;
+      if (j < vectors) {
+        float w[8], o[8];
+        load_v<8>(weight, w_bf, j * 8, w);
+#pragma unroll
+        for (int k = 0; k < 8; k++) o[k] = w[k] * (raw_at<BF>(xr[i], k) * rs);
+        store_v<8>(out, BF, r * dim + j * 8, o);
+      }
+    }
+    if (rstd && lane == 0) rstd[r] = rs;
+  }
+}
+
+/* The backward (dy, x, dx of dtype BF). The row's dot in ACC: double as the fast kernel (fp32 trees
+ * of 8 then fp64: the same dx bits), or float (a fixed fp32 tree: trees of 8, vectors in order, the
+ * butterfly). With partial: each lane adds its columns' dweight terms of its group's rows, in row
+ * order, in registers; at the end the groups' sums go through shared memory (once) and the block adds
+ * them in group order into partial[block, dim]. SH trades registers for a third block per SM (bf16):
+ * the dweight terms go into the group's shared row as they come (split in two planes of 4-element
+ * halves, so a lane's 16-byte accesses are 16 bytes from its neighbours': no bank conflicts), and the
+ * dx being accumulated is loaded when its row is started, not prefetched. */
+template <int G, int N, int PF, int BF, typename ACC, int SH>
+__global__ void __launch_bounds__(F2_THREADS, SH && BF ? 3 : BF ? 2 : 1) rmsnorm_backward_pipe_kernel(
+    void *dx, float *partial, const void *dy, const void *x, const void *weight, int w_bf, const float *rstd,
+    int64_t rows, int64_t dim, int accumulate) {
+  constexpr int W = BF ? 4 : 8;
+  extern __shared__ __align__(16) float norm_dw_sums[];   /* [groups, dim] when partial */
+  const int lane = threadIdx.x % G, group = threadIdx.x / G, per_block = F2_THREADS / G;
+  const int64_t vectors = dim / 8, groups = (int64_t)gridDim.x * per_block, first = (int64_t)blockIdx.x * per_block;
+  uint32_t ry[N][W], rx[N][W], ro[N][W];
+  float rs_next = 0.0f, dw[N][8];
+  float *planes = norm_dw_sums + group * dim;   /* SH: [2][dim / 2], elements 0-3 then 4-7 of each vector */
+#pragma unroll
+  for (int i = 0; i < N; i++) {
+#pragma unroll
+    for (int k = 0; k < 8; k++) dw[i][k] = 0.0f;
+    int64_t j = lane + (int64_t)i * G;
+    if (SH && partial && j < vectors) {   /* a lane's own entries: no barrier until the end */
+      *(float4 *)(planes + j * 4) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      *(float4 *)(planes + dim / 2 + j * 4) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  }
+  auto load_row = [&](int64_t r) {
+    if (r >= rows) return;
+    rs_next = rstd[r];
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      int64_t j = lane + (int64_t)i * G;
+      if (j < vectors) {
+        load_raw<BF>(dy, r * dim + j * 8, ry[i]);
+        load_raw<BF>(x, r * dim + j * 8, rx[i]);
+        if (!SH && accumulate) load_raw<BF>(dx, r * dim + j * 8, ro[i]);
+      }
+    }
+  };
+  if (PF) load_row(first + group);
+  for (int64_t base = first; base < rows; base += groups) {   /* uniform over the block: shuffles */
+    int64_t r = base + group;
+    bool valid = r < rows;
+    if (!PF) load_row(r);
+    uint32_t cy[N][W], cx[N][W], co[N][W];
+    float rs = rs_next;
+#pragma unroll
+    for (int i = 0; i < N; i++)
+#pragma unroll
+      for (int k = 0; k < W; k++) cy[i][k] = ry[i][k], cx[i][k] = rx[i][k], co[i][k] = ro[i][k];
+    if (PF) load_row(r + groups);
+    if (SH && accumulate && valid)
+#pragma unroll
+      for (int i = 0; i < N; i++) {
+        int64_t j = lane + (int64_t)i * G;
+        if (j < vectors) load_raw<BF>(dx, r * dim + j * 8, co[i]);
+      }
+    ACC dot = 0;
+    if (valid) {
+#pragma unroll
+      for (int i = 0; i < N; i++) {
+        int64_t j = lane + (int64_t)i * G;
+        if (j < vectors) {
+          float w[8], t[8], terms[8];
+          load_v<8>(weight, w_bf, j * 8, w);
+#pragma unroll
+          for (int k = 0; k < 8; k++) {
+            float xhat = raw_at<BF>(cx[i], k) * rs, g = raw_at<BF>(cy[i], k);
+            terms[k] = g * xhat;
+            if (!SH && partial) dw[i][k] += terms[k];
+            t[k] = (g * w[k]) * xhat;
+          }
+          if (SH && partial) {
+            float4 *lo = (float4 *)(planes + j * 4), *hi = (float4 *)(planes + dim / 2 + j * 4);
+            float4 l = *lo, h = *hi;
+            l.x += terms[0], l.y += terms[1], l.z += terms[2], l.w += terms[3];
+            h.x += terms[4], h.y += terms[5], h.z += terms[6], h.w += terms[7];
+            *lo = l, *hi = h;
+          }
+          dot += (ACC)tree8(t);
+        }
+      }
+    }
+    dot = group_sum<G>(dot);
+    if (!valid) continue;
+    float mean = (float)(dot / (ACC)dim);
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      int64_t j = lane + (int64_t)i * G;
+      if (j < vectors) {
+        float w[8], o[8];
+        load_v<8>(weight, w_bf, j * 8, w);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+          float xhat = raw_at<BF>(cx[i], k) * rs, v = rs * (raw_at<BF>(cy[i], k) * w[k] - xhat * mean);
+          o[k] = accumulate ? raw_at<BF>(co[i], k) + v : v;
+        }
+        store_v<8>(dx, BF, r * dim + j * 8, o);
+      }
+    }
+  }
+  if (partial) {
+    if (!SH)
+#pragma unroll
+      for (int i = 0; i < N; i++) {
+        int64_t j = lane + (int64_t)i * G;
+        if (j < vectors) {
+          float4 *p = (float4 *)(norm_dw_sums + group * dim + j * 8);
+          p[0] = make_float4(dw[i][0], dw[i][1], dw[i][2], dw[i][3]);
+          p[1] = make_float4(dw[i][4], dw[i][5], dw[i][6], dw[i][7]);
+        }
+      }
+    __syncthreads();
+    for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
+      /* SH: element k of vector j sits in plane k / 4 at j * 4 + k % 4 */
+      int64_t at = SH ? (d & 4 ? dim / 2 : 0) + (d >> 3) * 4 + (d & 3) : d;
+      float total = 0.0f;
+      for (int grp = 0; grp < per_block; grp++) total += norm_dw_sums[grp * dim + at];
+      partial[blockIdx.x * dim + d] = total;
+    }
+  }
+}
+
 /* ---------------------------------------------------------------- RoPE */
 
 /* cos/sin[t, i] of the fp32 angle t * inv_freq[i], evaluated in fp64 as the reference. */
@@ -823,13 +1065,159 @@ FastShape fast_shape(int64_t vectors, int64_t max_vectors) {
   return {32, 16};
 }
 
+/* ---------------------------------------------------------------- RMSNorm variants (F2_NORM_VARIANT)
+ * F2_NORM_VARIANT, e.g. "fwd=1,bwd=2": per direction an index into the lists below (a direction not
+ * named keeps its default, a later entry overrides an earlier one). Read at every call (a getenv) so
+ * that bench_nn and test_gpu_nn can run every variant in one process. A variant other than 0 applies
+ * to the fast path's rows of 8k elements up to 1024 whose activations share one dtype; other calls run
+ * variant 0. fwd: 0 the fast kernel (a row group per row, one pass), 1 persistent with the next row
+ * prefetched. bwd: 0 the fast kernel (dweight terms in shared memory, 264 blocks), 1 persistent, dweight
+ * in conflict-free shared planes, dx loaded late (3 blocks per SM), fp64 row dot. Defaults from bench_nn
+ * on an H200 (SmolLM2, 16384 x 576 bf16): residual forward 37.3 -> 26.9 us, backward_add 59.9 -> 32.8 us;
+ * persistent without the prefetch, dweight in registers and fp32 row dots measured within 2 us of these
+ * and were dropped (docs/performance.md). */
+struct norm_variant {
+  int fwd, bwd;
+};
+constexpr norm_variant kNormDefault = {1, 1}, kNormCount = {2, 2};
+
+int read_norm_variant(const char *op, norm_variant *v) {
+  *v = kNormDefault;
+  const char *env = getenv("F2_NORM_VARIANT");
+  if (!env) return F2_OK;
+  for (const char *s = env; *s;) {
+    if (*s == ',' || *s == ' ') {
+      s++;
+      continue;
+    }
+    int *dst = !strncmp(s, "fwd=", 4) ? &v->fwd : !strncmp(s, "bwd=", 4) ? &v->bwd : nullptr;
+    if (!dst)
+      return F2_FAIL(F2_ERR_ARG, "%s: F2_NORM_VARIANT \"%s\": expected fwd=N, bwd=N separated by commas", op, env);
+    s += 4;
+    char *end;
+    long n = strtol(s, &end, 10);
+    if (end == s || n < 0 || n > 1000)
+      return F2_FAIL(F2_ERR_ARG, "%s: F2_NORM_VARIANT \"%s\": expected a variant index after '='", op, env);
+    *dst = (int)n;
+    s = end;
+  }
+  if (v->fwd >= kNormCount.fwd || v->bwd >= kNormCount.bwd)
+    return F2_FAIL(F2_ERR_ARG, "%s: F2_NORM_VARIANT \"%s\": variant out of range (fwd 0..%d, bwd 0..%d)", op, env,
+                   kNormCount.fwd - 1, kNormCount.bwd - 1);
+  return F2_OK;
+}
+
+/* Blocks of a persistent launch: as many as fit on every SM at once (the occupancy API; fixed for a
+ * kernel, its shared memory and the device, so the dweight sums keep one order). Cached per kernel. */
+struct ResidentCache {
+  int device = -1;
+  size_t smem = 0;
+  int64_t blocks = 0;
+};
+template <typename K>
+int resident_blocks(const char *name, K kernel, size_t smem, ResidentCache &cache, int64_t *blocks) {
+  int device = 0;
+  F2_CUDA_CHECK(cudaGetDevice(&device));
+  if (cache.device != device || cache.smem != smem) {
+    int per_sm = 0, sms = 0;
+    F2_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, F2_THREADS, smem));
+    F2_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    if (per_sm < 1 || sms < 1)
+      return F2_FAIL(F2_ERR_CUDA, "%s: no block of %d threads and %zu bytes of shared memory fits an SM", name,
+                     (int)F2_THREADS, smem);
+    cache.device = device, cache.smem = smem, cache.blocks = (int64_t)per_sm * sms;
+  }
+  *blocks = cache.blocks;
+  return F2_OK;
+}
+
+template <int G, int N, int PF, int BF>
+int launch_rmsnorm_forward_pipe(f2_tensor *sum, f2_tensor *out, f2_tensor *rstd, const f2_tensor *a,
+                                const f2_tensor *b, const f2_tensor *weight, int64_t rows, int64_t dim, float eps) {
+  static ResidentCache cache;
+  auto kernel = rmsnorm_forward_pipe_kernel<G, N, PF, BF>;
+  const int64_t per_block = F2_THREADS / G;
+  int64_t blocks = 0;
+  F2_TRY(resident_blocks("rmsnorm_forward_pipe_kernel", kernel, 0, cache, &blocks));
+  if (blocks > (rows + per_block - 1) / per_block) blocks = (rows + per_block - 1) / per_block;
+  kernel<<<(unsigned)blocks, F2_THREADS, 0, f2_cuda_stream()>>>(
+      out->data, rstd ? (float *)rstd->data : nullptr, sum ? sum->data : nullptr, a->data, b ? b->data : nullptr,
+      weight->data, is_bf16(weight), rows, dim, eps);
+  F2_CUDA_CHECK_LAUNCH("rmsnorm_forward_pipe_kernel");
+  return F2_OK;
+}
+
+template <int G, int N, int PF, int BF, typename ACC, int SH>
+int launch_rmsnorm_backward_pipe(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, const f2_tensor *x,
+                                 const f2_tensor *weight, const f2_tensor *rstd, int64_t rows, int64_t dim,
+                                 int accumulate) {
+  static ResidentCache cache;
+  cudaStream_t stream = f2_cuda_stream();
+  auto kernel = rmsnorm_backward_pipe_kernel<G, N, PF, BF, ACC, SH>;
+  const int64_t per_block = F2_THREADS / G;
+  size_t smem = dweight ? (size_t)(per_block * dim) * sizeof(float) : 0;   /* <= 32 KiB: G N 8 >= dim */
+  int64_t blocks = 0;
+  F2_TRY(resident_blocks("rmsnorm_backward_pipe_kernel", kernel, smem, cache, &blocks));
+  if (blocks > (rows + per_block - 1) / per_block) blocks = (rows + per_block - 1) / per_block;
+  Scratch scratch;
+  if (dweight) F2_TRY(scratch.alloc((size_t)(blocks * dim) * sizeof(float)));
+  kernel<<<(unsigned)blocks, F2_THREADS, smem, stream>>>(
+      dx->data, dweight ? (float *)scratch.p : nullptr, dy->data, x->data, weight->data, is_bf16(weight),
+      (const float *)rstd->data, rows, dim, accumulate);
+  F2_CUDA_CHECK_LAUNCH("rmsnorm_backward_pipe_kernel");
+  if (!dweight) return F2_OK;
+  rmsnorm_dweight_kernel<<<(unsigned)((dim + 31) / 32), dim3(32, 32), 0, stream>>>(
+      (float *)dweight->data, (const float *)scratch.p, blocks, dim);
+  F2_CUDA_CHECK_LAUNCH("rmsnorm_dweight_kernel");
+  return F2_OK;
+}
+
+/* Variant 1's kernel for a fast shape (G, N) with N <= 4; bf: the activations are bf16. */
+template <int G, int N>
+int rmsnorm_forward_variant(bool bf, f2_tensor *sum, f2_tensor *out, f2_tensor *rstd,
+                            const f2_tensor *a, const f2_tensor *b, const f2_tensor *weight, int64_t rows,
+                            int64_t dim, float eps) {
+#define F2_NN_FWD_PIPE(PF) \
+  return bf ? launch_rmsnorm_forward_pipe<G, N, PF, 1>(sum, out, rstd, a, b, weight, rows, dim, eps) \
+            : launch_rmsnorm_forward_pipe<G, N, PF, 0>(sum, out, rstd, a, b, weight, rows, dim, eps)
+  F2_NN_FWD_PIPE(1);
+#undef F2_NN_FWD_PIPE
+}
+
+template <int G, int N>
+int rmsnorm_backward_variant(bool bf, f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy,
+                             const f2_tensor *x, const f2_tensor *weight, const f2_tensor *rstd, int64_t rows,
+                             int64_t dim, int accumulate) {
+#define F2_NN_BWD_PIPE(PF, ACC, SH)                                                                           \
+  return bf ? launch_rmsnorm_backward_pipe<G, N, PF, 1, ACC, SH>(dx, dweight, dy, x, weight, rstd, rows, dim, \
+                                                                 accumulate)                                  \
+            : launch_rmsnorm_backward_pipe<G, N, PF, 0, ACC, SH>(dx, dweight, dy, x, weight, rstd, rows, dim, \
+                                                                 accumulate)
+  F2_NN_BWD_PIPE(0, double, 1);
+#undef F2_NN_BWD_PIPE
+}
+
 /* The forward with (sum, a, b) or (a = x, no b). */
 int rmsnorm_forward(f2_tensor *sum, f2_tensor *out, f2_tensor *rstd, const f2_tensor *a, const f2_tensor *b,
                     const f2_tensor *weight, float eps) {
   int64_t dim = weight->shape[0], rows = f2_tensor_numel(a) / dim;
+  norm_variant nv;
+  F2_TRY(read_norm_variant(b ? "f2_rmsnorm_residual_forward" : "f2_rmsnorm_forward", &nv));
   if (rows == 0) return F2_OK;
   if (dim % 8 == 0 && aligned16(out) && aligned16(a) && aligned16(b) && aligned16(sum) && aligned16(weight)) {
     FastShape fs = fast_shape(dim / 8, 512);   /* rows up to 4096 elements (N = 16: 128 floats a lane) */
+    bool one_dtype = out->dtype == a->dtype && (!b || (b->dtype == a->dtype && sum->dtype == a->dtype));
+    if (nv.fwd && one_dtype && fs.n <= 4) {
+#define F2_NN_FWD_VARIANT(G, N) \
+  if (fs.g == G && fs.n == N)   \
+  return rmsnorm_forward_variant<G, N>(is_bf16(a), sum, out, rstd, a, b, weight, rows, dim, eps)
+      F2_NN_FWD_VARIANT(4, 4);
+      F2_NN_FWD_VARIANT(8, 4);
+      F2_NN_FWD_VARIANT(16, 4);
+      F2_NN_FWD_VARIANT(32, 3);
+      F2_NN_FWD_VARIANT(32, 4);
+#undef F2_NN_FWD_VARIANT
+    }
 #define F2_NN_FWD_FAST(G, N) \
   if (fs.g == G && fs.n == N) return launch_rmsnorm_forward_fast<G, N>(sum, out, rstd, a, b, weight, rows, dim, eps)
     F2_NN_FWD_FAST(4, 4);
@@ -938,9 +1326,22 @@ extern "C" int f2_cuda_rmsnorm_residual_forward(f2_tensor *sum, f2_tensor *out, 
 extern "C" int f2_cuda_rmsnorm_backward(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, const f2_tensor *x,
                                         const f2_tensor *weight, const f2_tensor *rstd, int accumulate) {
   int64_t dim = weight->shape[0], rows = f2_tensor_numel(x) / dim;
+  norm_variant nv;
+  F2_TRY(read_norm_variant(accumulate ? "f2_rmsnorm_backward_add" : "f2_rmsnorm_backward", &nv));
   if (rows == 0) return F2_OK;
   if (dim % 8 == 0 && aligned16(dx) && aligned16(dy) && aligned16(x) && aligned16(weight)) {
     FastShape fs = fast_shape(dim / 8, 128);   /* rows up to 1024 elements: dy, x, dweight in registers */
+    if (nv.bwd && dy->dtype == x->dtype && dx->dtype == x->dtype) {
+#define F2_NN_BWD_VARIANT(G, N) \
+  if (fs.g == G && fs.n == N)   \
+  return rmsnorm_backward_variant<G, N>(is_bf16(x), dx, dweight, dy, x, weight, rstd, rows, dim, accumulate)
+      F2_NN_BWD_VARIANT(4, 4);
+      F2_NN_BWD_VARIANT(8, 4);
+      F2_NN_BWD_VARIANT(16, 4);
+      F2_NN_BWD_VARIANT(32, 3);
+      F2_NN_BWD_VARIANT(32, 4);
+#undef F2_NN_BWD_VARIANT
+    }
 #define F2_NN_BWD_FAST(G, N)                                                                                  \
   if (fs.g == G && fs.n == N)                                                                                 \
     return launch_rmsnorm_backward_fast<G, N>(dx, dweight, dy, x, weight, rstd, rows, dim, accumulate)

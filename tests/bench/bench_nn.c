@@ -5,7 +5,9 @@
  * means the op runs at the copy's bandwidth. Times are GPU times from the kernel-family profiler (CUDA
  * events around each op, as bench_train's profile); the host-timed mean per call (launch overhead
  * included) is printed beside. The GPU is warmed up first (clocks ramp up under load: a cold start made
- * the first rows of an earlier run 3-5x slower than the training profile). Usage: bench_nn [iterations] */
+ * the first rows of an earlier run 3-5x slower than the training profile). The main table runs the
+ * RMSNorm variant F2_NORM_VARIANT names at start (kernels/nn.cu; unset: the defaults); a second table
+ * then times every variant of each RMSNorm op side by side. Usage: bench_nn [iterations] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -241,6 +243,43 @@ int main(int argc, char **argv) {
     printf("| %s | %s | %.1f | %.1f | %.1f | %.0f | %.2f |\n", rows[i].op, rows[i].shape, ms * 1e3, host_ms * 1e3,
            rows[i].bytes / 1e6, gbs, gbs / copy_gbs);
   }
+
+  /* Each RMSNorm op under every variant (F2_NORM_VARIANT set in turn, then restored). */
+  enum { FWD_VARIANTS = 2, BWD_VARIANTS = 2 };
+  const char *env = getenv("F2_NORM_VARIANT");
+  char saved[256];
+  snprintf(saved, sizeof saved, "%s", env ? env : "");
+  printf("\nRMSNorm variants (F2_NORM_VARIANT fwd=N for the forwards, bwd=N for the backwards; at start \"%s\"): "
+         "GPU us (GB/s)\n| op |", saved);
+  for (int v = 0; v < BWD_VARIANTS; v++) printf(" %d |", v);
+  printf("\n|---|");
+  for (int v = 0; v < BWD_VARIANTS; v++) printf("---|");
+  printf("\n");
+  for (size_t i = 0; i < 5; i++) {   /* the first five rows: the RMSNorm ops */
+    int forward = i < 2;
+    printf("| %s |", rows[i].op);
+    for (int v = 0; v < BWD_VARIANTS; v++) {
+      if (forward && v >= FWD_VARIANTS) {
+        printf(" - |");
+        continue;
+      }
+      char spec[32];
+      snprintf(spec, sizeof spec, forward ? "fwd=%d" : "bwd=%d", v);
+      if (setenv("F2_NORM_VARIANT", spec, 1) != 0) {
+        fprintf(stderr, "bench_nn: setenv failed\n");
+        return 1;
+      }
+      double ms = 0;
+      time_ms(rows[i].fn, iters, &ms);
+      printf(" %.1f (%.0f) |", ms * 1e3, rows[i].bytes / (ms * 1e-3) / 1e9);
+    }
+    printf("\n");
+  }
+  if (env)
+    setenv("F2_NORM_VARIANT", saved, 1);
+  else
+    unsetenv("F2_NORM_VARIANT");
+
   double two_ms = 0, one_ms = 0;
   time_ms(run_down_then_add, iters, &two_ms);
   time_ms(run_down_add, iters, &one_ms);

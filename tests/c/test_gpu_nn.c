@@ -4,14 +4,16 @@
  * and rotation, SwiGLU, cross-entropy (ignore_index, no counted row, bad targets). f32 and bf16, odd
  * shapes that miss the 4-wide path, in-place and aliased arguments, SmolLM2/Qwen3 row sizes. Results
  * that feed the loss (embedding and RMSNorm weight gradients, cross-entropy) must be bitwise the same on
- * a second run. A failed compare prints the bad count, the first bad index (got vs want) and the max
- * abs / rel errors. F2_TEST_VERBOSE=1 prints every compare. */
+ * a second run. The RMSNorm tests run once per kernel variant (F2_NORM_VARIANT, set here in turn; each
+ * compare then names it). A failed compare prints the bad count, the first bad index (got vs want) and
+ * the max abs / rel errors. F2_TEST_VERBOSE=1 prints every compare. */
 #include <string.h>
 
 #include "f2test.h"
 
 static uint64_t seed_counter, rng_state;
 static int verbose;
+static char variant_label[96];   /* "[F2_NORM_VARIANT=...] " while the RMSNorm variants run, else "" */
 static uint64_t next_seed(void) { return seed_counter++; }
 static uint64_t next_u64(void) {   /* SplitMix64, for ids and targets */
   uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
@@ -94,13 +96,15 @@ static int compare(const char *what, const f2_tensor *got, const f2_tensor *want
     }
   }
   if (bad)
-    CHECK(bad == 0, "%s: %lld of %lld elements off (rtol %g, atol %g); first at %lld: got %.9g want %.9g; "
+    CHECK(bad == 0, "%s%s: %lld of %lld elements off (rtol %g, atol %g); first at %lld: got %.9g want %.9g; "
                     "max abs err %.3g, max rel err %.3g",
-          what, (long long)bad, (long long)n, rtol, atol, (long long)first, get(g, first), get(want, first), max_abs,
+          variant_label, what, (long long)bad, (long long)n, rtol, atol, (long long)first, get(g, first), get(want, first), max_abs,
           max_rel);
   else {
     f2t_passed++;
-    if (verbose) printf("ok %s: n=%lld, max abs err %.3g, max rel err %.3g\n", what, (long long)n, max_abs, max_rel);
+    if (verbose)
+      printf("ok %s%s: n=%lld, max abs err %.3g, max rel err %.3g\n", variant_label, what, (long long)n, max_abs,
+             max_rel);
   }
   f2_tensor_free(g);
   return bad == 0;
@@ -116,12 +120,13 @@ static int compare_bits(const char *what, const f2_tensor *got, const f2_tensor 
       bad++;
     }
   if (bad)
-    CHECK(bad == 0, "%s: %lld of %lld elements differ bitwise; first at %lld: got %.9g (0x%x) want %.9g (0x%x)", what,
+    CHECK(bad == 0, "%s%s: %lld of %lld elements differ bitwise; first at %lld: got %.9g (0x%x) want %.9g (0x%x)",
+          variant_label, what,
           (long long)bad, (long long)n, (long long)first, get(g, first), get_bits(g, first), get(w, first),
           get_bits(w, first));
   else {
     f2t_passed++;
-    if (verbose) printf("ok %s: n=%lld bit-exact\n", what, (long long)n);
+    if (verbose) printf("ok %s%s: n=%lld bit-exact\n", variant_label, what, (long long)n);
   }
   FREE(g, w);
   return bad == 0;
@@ -333,6 +338,49 @@ static void test_rmsnorm_backward(void) {
         }
         FREE(x, w, dy, rstd, tmp, dx, dw, xg, wg, dyg, rg, dxg, dwg, dx2, dw2, dy2);
       }
+}
+
+/* Every RMSNorm kernel variant (kernels/nn.cu, F2_NORM_VARIANT: fwd 0..2, bwd 0..6) against the CPU,
+ * dx and dweight bitwise the same on a second run; then an out-of-range variant is an error. The
+ * variable is restored afterwards. */
+static void test_rmsnorm_variants(void) {
+  enum { FWD_VARIANTS = 2, BWD_VARIANTS = 2 };
+  const char *env = getenv("F2_NORM_VARIANT");
+  char saved[256];
+  snprintf(saved, sizeof saved, "%s", env ? env : "");
+  for (int v = 0; v < BWD_VARIANTS; v++) {
+    char spec[64];
+    snprintf(spec, sizeof spec, "fwd=%d,bwd=%d", v < FWD_VARIANTS ? v : 0, v);
+    if (setenv("F2_NORM_VARIANT", spec, 1) != 0) {
+      fprintf(stderr, "setenv F2_NORM_VARIANT failed\n");
+      exit(1);
+    }
+    snprintf(variant_label, sizeof variant_label, "[F2_NORM_VARIANT=%s] ", spec);
+    if (v < FWD_VARIANTS) {   /* the forward variants past the list would rerun fwd=0 */
+      test_rmsnorm_forward();
+      test_rmsnorm_residual();
+    }
+    test_rmsnorm_backward();
+  }
+  variant_label[0] = 0;
+  int64_t rows = 4, dim = 64, shape[2] = {rows, dim};
+  f2_tensor *x = new_tensor(F2_BF16, F2_CUDA, 2, shape), *w = new_tensor(F2_F32, F2_CUDA, 1, &dim);
+  f2_tensor *out = new_tensor(F2_BF16, F2_CUDA, 2, shape), *dw = new_tensor(F2_F32, F2_CUDA, 1, &dim);
+  f2_tensor *rstd = new_tensor(F2_F32, F2_CUDA, 1, &rows);
+  CHECK_OK(f2_fill(x, 1.0));
+  CHECK_OK(f2_fill(w, 1.0));
+  CHECK_OK(f2_fill(dw, 0.0));
+  setenv("F2_NORM_VARIANT", "bwd=99", 1);
+  CHECK(f2_rmsnorm_backward_add(out, dw, x, x, w, rstd) != F2_OK && strstr(f2_last_error(), "F2_NORM_VARIANT"),
+        "F2_NORM_VARIANT=bwd=99: expected an error naming the variable, got \"%s\"", f2_last_error());
+  setenv("F2_NORM_VARIANT", "fwd=x", 1);
+  CHECK(f2_rmsnorm_forward(out, rstd, x, w, norm_eps) != F2_OK && strstr(f2_last_error(), "F2_NORM_VARIANT"),
+        "F2_NORM_VARIANT=fwd=x: expected an error naming the variable, got \"%s\"", f2_last_error());
+  if (env)
+    setenv("F2_NORM_VARIANT", saved, 1);
+  else
+    unsetenv("F2_NORM_VARIANT");
+  FREE(x, w, out, dw, rstd);
 }
 
 /* Views that start `offset` elements into their storage: 1 misaligns 4-wide loads (the scalar path
@@ -561,9 +609,7 @@ int main(void) {
   rng_state = seed;
   verbose = getenv("F2_TEST_VERBOSE") && atoi(getenv("F2_TEST_VERBOSE"));
   test_embedding();
-  test_rmsnorm_forward();
-  test_rmsnorm_residual();
-  test_rmsnorm_backward();
+  test_rmsnorm_variants();
   test_misaligned();
   test_rope();
   test_swiglu();
