@@ -61,8 +61,8 @@ end
 
 -- A model of desc on device with activations in dtype, quantized to `stages` (0: none), flat, with
 -- AdamW and a stepper.
-local function setup(desc, device, dtype, stages, B, T, graph, seed, recompute)
-  local model = llama.build(desc, { device = device, dtype = dtype, recompute = recompute })
+local function setup(desc, device, dtype, stages, B, T, graph, seed, recompute, unfused)
+  local model = llama.build(desc, { device = device, dtype = dtype, recompute = recompute, fuse_proj = not unfused })
   llama.init_random(model, seed or 1)
   if stages > 0 then fairy2.convert(model, { stages = stages, quiet = true }) end
   local s, opt = step.setup(model, { lr = 1e-4, betas = { 0.9, 0.95 }, weight_decay = 0.1 },
@@ -140,11 +140,11 @@ for _, bt in ipairs(BT) do
   B, T = tonumber(B), tonumber(T)
   for _, v in ipairs(VARIANTS) do
     local stages = v:match("^w(%d)") and tonumber(v:match("^w(%d)")) or 0
-    local graph, recompute = not v:find("eager"), v:find("recompute") ~= nil
+    local graph, recompute, unfused = not v:find("eager"), v:find("recompute") ~= nil, v:find("unfused") ~= nil
     free_all()
     f2.cuda.reset_peak()
     local ok, err = pcall(function()
-      local _, _, s = setup(SMOL, "cuda", "bf16", stages, B, T, graph, 1, recompute)
+      local _, _, s = setup(SMOL, "cuda", "bf16", stages, B, T, graph, 1, recompute, unfused)
       local times, loss = {}, 0
       for i = 1, WARMUP + STEPS do
         local fill = filler(SMOL.vocab_size, i)
