@@ -115,6 +115,10 @@ int launch_rand(f2_tensor *t, uint64_t seed, double offset, double scale, int no
 extern "C" int f2_cuda_fill(f2_tensor *t, double value) {
   f2_iter it = f2_iter_make(t->ndim, t->shape, 1, t->stride, nullptr, nullptr);
   if (it.numel == 0) return F2_OK;
+  if (value == 0 && !signbit(value) && it.ndim == 1 && it.stride[0][0] == 1) {   /* +0, contiguous: bytes 0 */
+    F2_CUDA_CHECK(cudaMemsetAsync(t->data, 0, (size_t)it.numel * f2_dtype_size(t->dtype), f2_cuda_stream()));
+    return F2_OK;
+  }
   fill_kernel<<<f2_blocks(it.numel, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(t->data, t->dtype, value, it);
   F2_CUDA_CHECK_LAUNCH("fill_kernel");
   return F2_OK;

@@ -1380,40 +1380,63 @@ extern "C" int f2_cuda_rope(f2_tensor *out, const f2_tensor *x, const f2_tensor 
   int64_t seq = x->shape[1], heads = x->shape[2], half = x->shape[3] / 2, rows = x->shape[0] * seq * heads;
   int64_t ldx = x->stride[1], ldo = out->stride[1];
   if (rows * half == 0) return F2_OK;
-  bool vec = half % 4 == 0 && ldx % 4 == 0 && ldo % 4 == 0 && aligned4(out) && aligned4(x) && aligned4(cos_table) &&
-             aligned4(sin_table);
-  if (vec)
-    rope_kernel<4><<<f2_blocks(rows * half / 4, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
-        out->data, is_bf16(out), x->data, is_bf16(x), (const float *)cos_table->data, (const float *)sin_table->data,
-        rows, seq, heads, half, ldx, ldo, sign);
+  /* Pairs a thread takes: 8 (16-byte bf16 accesses) when every head row's halves start 16-byte aligned,
+   * else 4 when 4-aligned, else 1. */
+  int v = 1;
+  for (int w = 8; w > 1 && v == 1; w /= 2) {
+    const int64_t bx = w * f2_dtype_size(x->dtype), bo = w * f2_dtype_size(out->dtype);
+    if (half % w == 0 && ldx % w == 0 && ldo % w == 0 && (uintptr_t)x->data % (bx < 16 ? bx : 16) == 0 &&
+        (uintptr_t)out->data % (bo < 16 ? bo : 16) == 0 && (uintptr_t)cos_table->data % 16 == 0 &&
+        (uintptr_t)sin_table->data % 16 == 0)
+      v = w;
+  }
+#define F2_ROPE(V) \
+  rope_kernel<V><<<f2_blocks(rows * half / V, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>( \
+      out->data, is_bf16(out), x->data, is_bf16(x), (const float *)cos_table->data, \
+      (const float *)sin_table->data, rows, seq, heads, half, ldx, ldo, sign)
+  if (v == 8)
+    F2_ROPE(8);
+  else if (v == 4)
+    F2_ROPE(4);
   else
-    rope_kernel<1><<<f2_blocks(rows * half, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
-        out->data, is_bf16(out), x->data, is_bf16(x), (const float *)cos_table->data, (const float *)sin_table->data,
-        rows, seq, heads, half, ldx, ldo, sign);
+    F2_ROPE(1);
+#undef F2_ROPE
   F2_CUDA_CHECK_LAUNCH("rope_kernel");
   return F2_OK;
 }
 
 /* The SwiGLU operands come from the dispatch as 2-D [rows, cols] with strides {ld, 1} (nn_cpu.c:
- * rows_layout; all contiguous: one row). The vector path needs every row start 4-aligned. */
-static bool swiglu_vec(int64_t cols, const f2_tensor *const *t, int n) {
-  bool ok = cols % 4 == 0;
-  for (int i = 0; i < n; i++) ok = ok && aligned4(t[i]) && (t[i]->shape[0] <= 1 || t[i]->stride[0] % 4 == 0);
-  return ok;
+ * rows_layout; all contiguous: one row). Elements a thread takes: 8 (16-byte bf16 accesses) when every
+ * row start is 8-aligned and 16-byte aligned, else 4 when 4-aligned, else 1. */
+static int swiglu_width(int64_t cols, const f2_tensor *const *t, int n) {
+  for (int v = 8; v > 1; v /= 2) {
+    bool ok = cols % v == 0;
+    for (int i = 0; i < n; i++) {
+      const int64_t bytes = (int64_t)v * f2_dtype_size(t[i]->dtype);
+      ok = ok && (uintptr_t)t[i]->data % (bytes < 16 ? bytes : 16) == 0 &&
+           (t[i]->shape[0] <= 1 || t[i]->stride[0] % v == 0);
+    }
+    if (ok) return v;
+  }
+  return 1;
 }
 
 extern "C" int f2_cuda_swiglu_forward(f2_tensor *out, const f2_tensor *gate, const f2_tensor *up) {
   int64_t rows = gate->shape[0], cols = gate->shape[1];
   if (rows * cols == 0) return F2_OK;
   const f2_tensor *all[3] = {out, gate, up};
-  if (swiglu_vec(cols, all, 3))
-    swiglu_forward_kernel<4><<<f2_blocks(rows * cols / 4, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
-        out->data, is_bf16(out), gate->data, is_bf16(gate), up->data, is_bf16(up), rows, cols, out->stride[0],
-        gate->stride[0], up->stride[0]);
+  const int v = swiglu_width(cols, all, 3);
+#define F2_SWIGLU_FWD(V) \
+  swiglu_forward_kernel<V><<<f2_blocks(rows * cols / V, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>( \
+      out->data, is_bf16(out), gate->data, is_bf16(gate), up->data, is_bf16(up), rows, cols, out->stride[0], \
+      gate->stride[0], up->stride[0])
+  if (v == 8)
+    F2_SWIGLU_FWD(8);
+  else if (v == 4)
+    F2_SWIGLU_FWD(4);
   else
-    swiglu_forward_kernel<1><<<f2_blocks(rows * cols, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
-        out->data, is_bf16(out), gate->data, is_bf16(gate), up->data, is_bf16(up), rows, cols, out->stride[0],
-        gate->stride[0], up->stride[0]);
+    F2_SWIGLU_FWD(1);
+#undef F2_SWIGLU_FWD
   F2_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
   return F2_OK;
 }
@@ -1423,16 +1446,19 @@ extern "C" int f2_cuda_swiglu_backward(f2_tensor *dgate, f2_tensor *dup, const f
   int64_t rows = gate->shape[0], cols = gate->shape[1];
   if (rows * cols == 0) return F2_OK;
   const f2_tensor *all[5] = {dgate, dup, dout, gate, up};
-  if (swiglu_vec(cols, all, 5))
-    swiglu_backward_kernel<4><<<f2_blocks(rows * cols / 4, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
-        dgate->data, is_bf16(dgate), dup->data, is_bf16(dup), dout->data, is_bf16(dout), gate->data, is_bf16(gate),
-        up->data, is_bf16(up), rows, cols, dgate->stride[0], dup->stride[0], dout->stride[0], gate->stride[0],
-        up->stride[0]);
+  const int v = swiglu_width(cols, all, 5);
+#define F2_SWIGLU_BWD(V) \
+  swiglu_backward_kernel<V><<<f2_blocks(rows * cols / V, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>( \
+      dgate->data, is_bf16(dgate), dup->data, is_bf16(dup), dout->data, is_bf16(dout), gate->data, \
+      is_bf16(gate), up->data, is_bf16(up), rows, cols, dgate->stride[0], dup->stride[0], dout->stride[0], \
+      gate->stride[0], up->stride[0])
+  if (v == 8)
+    F2_SWIGLU_BWD(8);
+  else if (v == 4)
+    F2_SWIGLU_BWD(4);
   else
-    swiglu_backward_kernel<1><<<f2_blocks(rows * cols, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
-        dgate->data, is_bf16(dgate), dup->data, is_bf16(dup), dout->data, is_bf16(dout), gate->data, is_bf16(gate),
-        up->data, is_bf16(up), rows, cols, dgate->stride[0], dup->stride[0], dout->stride[0], gate->stride[0],
-        up->stride[0]);
+    F2_SWIGLU_BWD(1);
+#undef F2_SWIGLU_BWD
   F2_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
   return F2_OK;
 }

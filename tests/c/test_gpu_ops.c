@@ -341,6 +341,29 @@ static void test_casts(void) {
 
 /* ---------------------------------------------------------------- fill and rand */
 
+/* Same-dtype copies between column slices (rows of whole 16-byte chunks at a row stride: the
+ * 16-byte row kernel) and, beside them, slices that miss that shape (the generic kernel). */
+static void test_copy_rows(void) {
+  static const int32_t dts[] = {F2_BF16, F2_F32, F2_U8, F2_I64};
+  for (size_t d = 0; d < sizeof dts / sizeof *dts; d++) {
+    const int32_t dt = dts[d];
+    const int64_t chunk = 16 / f2_dtype_size(dt);   /* elements in 16 bytes */
+    for (int odd = 0; odd < 2; odd++) {
+      const int64_t width = 3 * chunk + (odd ? 1 : 0);
+      twin src_base = twin_bits(dt, 2, (int64_t[]){37, 8 * chunk});
+      twin dst_base = twin_bits(dt, 2, (int64_t[]){37, 5 * chunk});
+      twin src = twin_narrow(src_base, 1, 2 * chunk, width), dst = twin_narrow(dst_base, 1, chunk, width);
+      CHECK_OK(f2_copy(dst.c, src.c));
+      CHECK_OK(f2_copy(dst.g, src.g));
+      char what[96];
+      snprintf(what, sizeof what, "column slice copy %s, %lld wide (whole buffer)", f2_dtype_name(dt),
+               (long long)width);
+      compare_bits(what, dst_base.g, dst_base.c);
+      twin_free(src), twin_free(dst), twin_free(src_base), twin_free(dst_base);
+    }
+  }
+}
+
 static void test_fill(void) {
   uint64_t s = next_seed();
   double values[] = {(double)(mix64(&s) % 2001) - 1000.0 + 0.37, -2.5, NAN, 1e10, -1e30, 0.1};
@@ -356,6 +379,17 @@ static void test_fill(void) {
       snprintf(what, sizeof what, "fill %s view with %g", f2_dtype_name(dt), values[v]);
       compare_bits(what, base.g, base.c);
       twin_free(view), twin_free(base);
+    }
+  /* Whole contiguous tensors with +0 (a memset) and -0 (not one: the sign bit is set in float dtypes). */
+  for (int k = 0; k < 7; k++)
+    for (int neg = 0; neg < 2; neg++) {
+      twin t = twin_bits(all_dtypes[k], 2, (int64_t[]){33, 65});
+      CHECK_OK(f2_fill(t.c, neg ? -0.0 : 0.0));
+      CHECK_OK(f2_fill(t.g, neg ? -0.0 : 0.0));
+      char what[64];
+      snprintf(what, sizeof what, "fill %s with %s0", f2_dtype_name(all_dtypes[k]), neg ? "-" : "+");
+      compare_bits(what, t.g, t.c);
+      twin_free(t);
     }
 }
 
@@ -896,7 +930,7 @@ int main(void) {
   struct {
     const char *name;
     void (*fn)(void);
-  } sections[] = {{"transfers", test_transfers}, {"casts", test_casts},   {"fill", test_fill},
+  } sections[] = {{"transfers", test_transfers}, {"casts", test_casts},   {"copy rows", test_copy_rows}, {"fill", test_fill},
                   {"rand", test_rand},           {"unary", test_unary},   {"binary", test_binary},
                   {"binary_scalar", test_binary_scalar}, {"reduce", test_reduce}, {"matmul", test_matmul},
                   {"errors", test_errors}};
