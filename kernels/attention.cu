@@ -794,7 +794,7 @@ int launch_dq_tc(const bwd_args &a) {
   static bool opted;
   F2_TRY(smem_opt_in(kernel, smem, opted));
   dim3 grid((unsigned)((a.d.T + BM - 1) / BM), (unsigned)(a.d.B * a.d.H));
-  kernel<<<grid, NW * 32, smem, f2_cuda_stream()>>>(a.dq->data, a.dq->dtype, u16(a.q), u16(a.k), u16(a.v),
+  kernel<<<grid, NW * 32, smem, a.stream>>>(a.dq->data, a.dq->dtype, u16(a.q), u16(a.k), u16(a.v),
                                                     u16(a.dout), a.lse, a.dvec, (int)a.d.T, (int)a.d.H,
                                                     (int)a.d.Hkv, a.scale * kLog2e, a.scale);
   F2_CUDA_CHECK_LAUNCH("attention backward dQ (tensor cores)");
@@ -938,6 +938,31 @@ extern "C" int f2_cuda_attention_forward(f2_tensor *out, f2_tensor *lse, const f
   return F2_OK;
 }
 
+namespace {
+/* The dQ kernel runs beside the dK/dV kernel, on a second stream forked from and joined back to
+ * f2_cuda_stream() (a CUDA graph captures the two branches): neither fills the GPU on its own (registers
+ * cap them at a few blocks per SM, and the last blocks of one leave SMs idle that the other can use).
+ * Created once; on failure everything stays on the one stream. */
+struct side_stream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t fork = nullptr, join = nullptr;
+  bool tried = false;
+};
+side_stream *get_side_stream() {
+  static side_stream s;
+  if (!s.tried) {
+    s.tried = true;
+    if (cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaEventCreateWithFlags(&s.fork, cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventCreateWithFlags(&s.join, cudaEventDisableTiming) != cudaSuccess) {
+      cudaGetLastError();
+      s.stream = nullptr;
+    }
+  }
+  return s.stream ? &s : nullptr;
+}
+}  // namespace
+
 extern "C" int f2_cuda_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tensor *dv, const f2_tensor *dout,
                                           const f2_tensor *q, const f2_tensor *k, const f2_tensor *v,
                                           const f2_tensor *out, const f2_tensor *lse, float scale) {
@@ -957,7 +982,10 @@ extern "C" int f2_cuda_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tenso
     rc = F2_FAIL(F2_ERR_CUDA, "%s: launch of the D = rowsum(dout * out) kernel failed: %s", op, cudaGetErrorString(e));
   } else if (use_tc(d, in, 4, outs, 3)) {
     attn_variant var;
-    const bwd_args a = {dq, dk, dv, dout, q, k, v, (const float *)lse->data, dvec, d, scale};
+    cudaStream_t primary = f2_cuda_stream();
+    side_stream *side = get_side_stream();
+    if (side && cudaEventRecord(side->fork, primary) != cudaSuccess) side = nullptr;   /* D is ready */
+    bwd_args a = {dq, dk, dv, dout, q, k, v, (const float *)lse->data, dvec, d, scale, primary};
     rc = read_variant(op, d.D, &var);
     const bool sm90_kv = d.D == 64 && var.kv >= kMmaKv64;
     if (sm90_kv && !sm90_available()) var.kv = kDefault64.kv;   /* not this GPU: the mma.sync default */
@@ -966,8 +994,17 @@ extern "C" int f2_cuda_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tenso
       rc = d.D == 64 && var.kv >= kMmaKv64 ? sm90_dkdv(var.kv - kMmaKv64, a)
            : d.D == 64                     ? launch_kv_variant<64>(var.kv, a, &dq_done)
                                            : launch_kv_variant<128>(var.kv, a, &dq_done);
-    if (rc == F2_OK && !dq_done)
+    if (rc == F2_OK && !dq_done) {
+      const bool forked = side && cudaStreamWaitEvent(side->stream, side->fork, 0) == cudaSuccess;
+      if (forked) a.stream = side->stream;
       rc = d.D == 64 ? launch_dq_variant<64>(var.dq, a) : launch_dq_variant<128>(var.dq, a);
+      if (forked) {   /* joined whatever happened, so a capture stays whole */
+        cudaError_t je = cudaEventRecord(side->join, side->stream);
+        if (je == cudaSuccess) je = cudaStreamWaitEvent(primary, side->join, 0);
+        if (je != cudaSuccess && rc == F2_OK)
+          rc = F2_FAIL(F2_ERR_CUDA, "%s: joining the dQ stream failed: %s", op, cudaGetErrorString(je));
+      }
+    }
   } else {
     const float *l = (const float *)lse->data;
     bwd_dq_plain<<<dim3((unsigned)d.T, (unsigned)(d.B * d.H)), kGT, (2 * d.D + kGT) * sizeof(float),

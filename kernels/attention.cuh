@@ -54,13 +54,15 @@ struct dims {
   int64_t B, T, H, Hkv, D;
 };
 
-/* The backward's operands, for the dQ and dK/dV launchers. */
+/* The backward's operands, for the dQ and dK/dV launchers; stream: where the dQ kernel goes (beside the
+ * dK/dV kernel, which stays on f2_cuda_stream()). */
 struct bwd_args {
   f2_tensor *dq, *dk, *dv;
   const f2_tensor *dout, *q, *k, *v;
   const float *lse, *dvec;
   dims d;
   float scale;
+  cudaStream_t stream;
 };
 
 inline const uint16_t *u16(const f2_tensor *t) { return (const uint16_t *)t->data; }
