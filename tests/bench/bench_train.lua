@@ -3,9 +3,9 @@
 --   1. correctness: a small Llama on the GPU (bf16 and f32 activations, CUDA graph) trains the same
 --      steps as on the CPU (f32, the reference); the losses must track.
 --   2. fairy2: SmolLM2-135M-shaped training (random init, random tokens) for each variant (bf16 = no
---      quantization, w1, w2; w2-eager = w2 without the CUDA graph; w2-recompute = MLP recomputation)
---      at each B x T: median step time
---      over `steps` after `warmup`, tokens/s, MFU, peak GPU memory.
+--      quantization, w1, w2; w2-eager = w2 without the CUDA graph; w2-recompute = MLP recomputation;
+--      w2-unfused = q/k/v and gate/up as separate GEMMs) at each B x T: median step time over `steps`
+--      after `warmup`, tokens/s, MFU, peak GPU memory.
 --   3. the PyTorch baselines (tests/bench/torch_baselines.py) in the same run, then one table with
 --      the ratios last.
 --   fairy2 tests/bench/bench_train.lua [bt=8x2048,32x512] [variants=bf16,w1,w2,w2-eager] [steps=10]
