@@ -45,6 +45,24 @@ static inline void f2t_require_gpu(void) {
   }
 }
 
+/* A new tensor, or the test stops: running out of memory is not what a test checks. */
+static inline f2_tensor *f2t_tensor(int32_t dtype, int32_t device, int ndim, const int64_t *shape) {
+  f2_tensor *t = f2_tensor_new(dtype, device, ndim, shape);
+  if (!t) {
+    fprintf(stderr, "f2_tensor_new failed: %s\n", f2_last_error());
+    exit(1);
+  }
+  return t;
+}
+
+/* f2_copy (any devices, dtypes, strides), or the test stops. */
+static inline void f2t_copy(f2_tensor *dst, const f2_tensor *src) {
+  if (f2_copy(dst, src) != F2_OK) {
+    fprintf(stderr, "f2_copy failed: %s\n", f2_last_error());
+    exit(1);
+  }
+}
+
 /* Prints the summary line and returns the exit status. */
 static inline int f2t_done(void) {
   printf("%d passed, %d failed\n", f2t_passed, f2t_failed);

@@ -16,18 +16,10 @@ static uint64_t seed;
 static int verbose;
 static char variant[64];   /* F2_ATTN_VARIANT while the variant cases run, for the labels */
 
-static f2_tensor *new_tensor(int32_t dtype, int32_t device, int ndim, const int64_t *shape) {
-  f2_tensor *t = f2_tensor_new(dtype, device, ndim, shape);
-  if (!t) {
-    fprintf(stderr, "f2_tensor_new failed: %s\n", f2_last_error());
-    exit(1);
-  }
-  return t;
-}
 
 /* t's values in a new tensor of the given dtype and device (f2_copy: transfer and cast). */
 static f2_tensor *copy_as(const f2_tensor *t, int32_t dtype, int32_t device) {
-  f2_tensor *c = new_tensor(dtype, device, t->ndim, t->shape);
+  f2_tensor *c = f2t_tensor(dtype, device, t->ndim, t->shape);
   if (f2_copy(c, t) != F2_OK) {
     fprintf(stderr, "f2_copy failed: %s\n", f2_last_error());
     exit(1);
@@ -37,7 +29,7 @@ static f2_tensor *copy_as(const f2_tensor *t, int32_t dtype, int32_t device) {
 
 /* Normal(0, std) values drawn in f32 on the CPU, rounded to dtype (CPU tensor). */
 static f2_tensor *rand_cpu(int32_t dtype, int ndim, const int64_t *shape, double std) {
-  f2_tensor *f = new_tensor(F2_F32, F2_CPU, ndim, shape);
+  f2_tensor *f = f2t_tensor(F2_F32, F2_CPU, ndim, shape);
   CHECK_OK(f2_rand_normal(f, seed++, 0, std));
   f2_tensor *c = copy_as(f, dtype, F2_CPU);
   f2_tensor_free(f);
@@ -133,9 +125,9 @@ static void run_case(attn_case c) {
   double tol = tol_for(c.q_dtype == F2_BF16 || c.kv_dtype == F2_BF16 ? F2_BF16 : F2_F32);
 
   /* Forward: CPU reference in f32, GPU into out_dtype; then again for the bits. */
-  f2_tensor *out = new_tensor(F2_F32, F2_CPU, 4, qs), *lse = new_tensor(F2_F32, F2_CPU, 3, ls);
-  f2_tensor *gout = new_tensor(c.out_dtype, F2_CUDA, 4, qs), *glse = new_tensor(F2_F32, F2_CUDA, 3, ls);
-  f2_tensor *gout2 = new_tensor(c.out_dtype, F2_CUDA, 4, qs), *glse2 = new_tensor(F2_F32, F2_CUDA, 3, ls);
+  f2_tensor *out = f2t_tensor(F2_F32, F2_CPU, 4, qs), *lse = f2t_tensor(F2_F32, F2_CPU, 3, ls);
+  f2_tensor *gout = f2t_tensor(c.out_dtype, F2_CUDA, 4, qs), *glse = f2t_tensor(F2_F32, F2_CUDA, 3, ls);
+  f2_tensor *gout2 = f2t_tensor(c.out_dtype, F2_CUDA, 4, qs), *glse2 = f2t_tensor(F2_F32, F2_CUDA, 3, ls);
   CHECK_OK(f2_attention_forward(out, lse, q, k, v, c.scale));
   CHECK_OK(f2_attention_forward(gout, glse, gq, gk, gv, c.scale));
   CHECK_OK(f2_attention_forward(gout2, glse2, gq, gk, gv, c.scale));
@@ -149,13 +141,13 @@ static void run_case(attn_case c) {
   /* Backward from the same out (the CPU's, rounded to q's dtype) and lse on both sides. */
   f2_tensor *out_in = copy_as(out, c.q_dtype, F2_CPU), *gout_in = copy_as(out_in, c.q_dtype, F2_CUDA);
   f2_tensor *glse_in = copy_as(lse, F2_F32, F2_CUDA);
-  f2_tensor *dq = new_tensor(F2_F32, F2_CPU, 4, qs), *dk = new_tensor(F2_F32, F2_CPU, 4, ks);
-  f2_tensor *dv = new_tensor(F2_F32, F2_CPU, 4, ks);
+  f2_tensor *dq = f2t_tensor(F2_F32, F2_CPU, 4, qs), *dk = f2t_tensor(F2_F32, F2_CPU, 4, ks);
+  f2_tensor *dv = f2t_tensor(F2_F32, F2_CPU, 4, ks);
   f2_tensor *g[2][3];
   for (int r = 0; r < 2; r++) {
-    g[r][0] = new_tensor(c.grad_dtype, F2_CUDA, 4, qs);
-    g[r][1] = new_tensor(c.grad_dtype, F2_CUDA, 4, ks);
-    g[r][2] = new_tensor(c.grad_dtype, F2_CUDA, 4, ks);
+    g[r][0] = f2t_tensor(c.grad_dtype, F2_CUDA, 4, qs);
+    g[r][1] = f2t_tensor(c.grad_dtype, F2_CUDA, 4, ks);
+    g[r][2] = f2t_tensor(c.grad_dtype, F2_CUDA, 4, ks);
     CHECK_OK(f2_fill(g[r][0], 12345.0));   /* overwritten, never accumulated into */
     CHECK_OK(f2_fill(g[r][1], 12345.0));
     CHECK_OK(f2_fill(g[r][2], 12345.0));
@@ -190,7 +182,7 @@ static void run_decode(int64_t B, int64_t Tq, int64_t n_past, int64_t Tmax, int6
   int64_t qs[4] = {B, Tq, H, D}, cs[4] = {B, Tmax, Hkv, D};
   f2_tensor *q = rand_cpu(dtype, 4, qs, 1.5), *kc = rand_cpu(dtype, 4, cs, 1.0), *vc = rand_cpu(dtype, 4, cs, 1.0);
   f2_tensor *gq = copy_as(q, dtype, F2_CUDA), *gk = copy_as(kc, dtype, F2_CUDA), *gv = copy_as(vc, dtype, F2_CUDA);
-  f2_tensor *out = new_tensor(F2_F32, F2_CPU, 4, qs), *gout = new_tensor(dtype, F2_CUDA, 4, qs);
+  f2_tensor *out = f2t_tensor(F2_F32, F2_CPU, 4, qs), *gout = f2t_tensor(dtype, F2_CUDA, 4, qs);
   float scale = 1.0f / sqrtf((float)D);
   CHECK_OK(f2_attention_decode(out, q, kc, vc, n_past, scale));
   CHECK_OK(f2_attention_decode(gout, gq, gk, gv, n_past, scale));

@@ -20,36 +20,22 @@ static double uniform(void) {   /* SplitMix64 */
 }
 static uint64_t next_seed(void) { return (uint64_t)(uniform() * 0x1.0p53); }
 
-static f2_tensor *new_tensor(int32_t dtype, int32_t device, int ndim, const int64_t *shape) {
-  f2_tensor *t = f2_tensor_new(dtype, device, ndim, shape);
-  if (!t) {
-    fprintf(stderr, "f2_tensor_new failed: %s\n", f2_last_error());
-    exit(1);
-  }
-  return t;
-}
-static void copy_or_die(f2_tensor *dst, const f2_tensor *src) {
-  if (f2_copy(dst, src) != F2_OK) {
-    fprintf(stderr, "f2_copy failed: %s\n", f2_last_error());
-    exit(1);
-  }
-}
 static f2_tensor *to_device(const f2_tensor *t, int32_t device) {   /* a copy (same dtype and shape) */
-  f2_tensor *c = new_tensor(t->dtype, device, t->ndim, t->shape);
-  copy_or_die(c, t);
+  f2_tensor *c = f2t_tensor(t->dtype, device, t->ndim, t->shape);
+  f2t_copy(c, t);
   return c;
 }
 static f2_tensor *randn(int32_t dtype, int ndim, const int64_t *shape, double std) {   /* on the CPU */
-  f2_tensor *t = new_tensor(dtype, F2_CPU, ndim, shape);
+  f2_tensor *t = f2t_tensor(dtype, F2_CPU, ndim, shape);
   CHECK_OK(f2_rand_normal(t, next_seed(), 0, std));
   return t;
 }
 static float *values(const f2_tensor *t) {   /* any float tensor on any device -> malloc'd f32 values */
   int64_t n = f2_tensor_numel(t);
-  f2_tensor *f = new_tensor(F2_F32, F2_CPU, 1, &n), *flat = f2_tensor_reshape(t, 1, &n);
-  f2_tensor *same = new_tensor(t->dtype, F2_CPU, 1, &n);
-  copy_or_die(same, flat);
-  copy_or_die(f, same);
+  f2_tensor *f = f2t_tensor(F2_F32, F2_CPU, 1, &n), *flat = f2_tensor_reshape(t, 1, &n);
+  f2_tensor *same = f2t_tensor(t->dtype, F2_CPU, 1, &n);
+  f2t_copy(same, flat);
+  f2t_copy(f, same);
   float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
   memcpy(p, f->data, (size_t)n * sizeof(float));
   f2_tensor_free(f), f2_tensor_free(flat), f2_tensor_free(same);
@@ -121,10 +107,10 @@ static int run_on(outputs *o, int32_t device, const f2_tensor *h, const f2_tenso
                   const f2_tensor *dw0, int32_t ignore_index, float dloss, int64_t chunk, int flags, int graph) {
   int64_t one = 1, rows = f2_tensor_numel(tg);
   f2_tensor *hd = to_device(h, device), *wd = to_device(w, device), *tgd = to_device(tg, device);
-  o->loss = new_tensor(F2_F32, device, 1, &one);
-  o->losses = new_tensor(F2_F32, device, 1, &rows);
+  o->loss = f2t_tensor(F2_F32, device, 1, &one);
+  o->losses = f2t_tensor(F2_F32, device, 1, &rows);
   o->dw = to_device(dw0, device);
-  o->dh = (flags & DH_IS_H) ? to_device(h, device) : new_tensor(h->dtype, device, h->ndim, h->shape);
+  o->dh = (flags & DH_IS_H) ? to_device(h, device) : f2t_tensor(h->dtype, device, h->ndim, h->shape);
   const f2_tensor *hin = (flags & DH_IS_H) ? o->dh : hd;
   int fwd = flags & FWD_ONLY;
   f2_tensor *dh = fwd ? NULL : o->dh, *dw = fwd || (flags & NO_DWEIGHT) ? NULL : o->dw;
@@ -155,7 +141,7 @@ static void run_case(int32_t dtype, int64_t N, int64_t D, int64_t V, int64_t chu
            (long long)N, (long long)D, (long long)V, (long long)chunk, (int)ignore_index, flags);
   int64_t hshape[2] = {N, D}, wshape[2] = {V, D};
   f2_tensor *h = randn(dtype, 2, hshape, 1.0), *w = randn(dtype, 2, wshape, 2.0 / sqrt((double)D));
-  f2_tensor *dw0 = randn(F2_F32, 2, wshape, 0.1), *tg = new_tensor(F2_I32, F2_CPU, 1, &N);
+  f2_tensor *dw0 = randn(F2_F32, 2, wshape, 0.1), *tg = f2t_tensor(F2_I32, F2_CPU, 1, &N);
   int32_t *t = tg->data;
   for (int64_t r = 0; r < N; r++) {
     t[r] = (int32_t)(uniform() * (double)V);
@@ -228,7 +214,7 @@ static void test_default_chunk(void) {
   const int64_t N = 4096, D = 64, V = 49152, S = 256;
   int64_t hshape[2] = {N, D}, wshape[2] = {V, D};
   f2_tensor *h = randn(F2_BF16, 2, hshape, 1.0), *w = randn(F2_BF16, 2, wshape, 2.0 / sqrt((double)D));
-  f2_tensor *dw0 = randn(F2_F32, 2, wshape, 0.1), *tg = new_tensor(F2_I32, F2_CPU, 1, &N);
+  f2_tensor *dw0 = randn(F2_F32, 2, wshape, 0.1), *tg = f2t_tensor(F2_I32, F2_CPU, 1, &N);
   for (int64_t r = 0; r < N; r++) ((int32_t *)tg->data)[r] = uniform() < 0.1 ? -100 : (int32_t)(uniform() * V);
   f2_tensor *h_s = f2_tensor_narrow(h, 0, 0, S), *tg_s = f2_tensor_narrow(tg, 0, 0, S);
   outputs cpu = {0}, split = {0}, whole = {0};
@@ -252,9 +238,9 @@ static void test_default_chunk(void) {
 /* Tensors on two devices are refused before anything runs. */
 static void test_mixed_devices(void) {
   int64_t N = 4, hs[2] = {4, 8}, ws[2] = {16, 8}, one = 1;
-  f2_tensor *h = randn(F2_F32, 2, hs, 1.0), *w = randn(F2_F32, 2, ws, 1.0), *tg = new_tensor(F2_I32, F2_CPU, 1, &N);
+  f2_tensor *h = randn(F2_F32, 2, hs, 1.0), *w = randn(F2_F32, 2, ws, 1.0), *tg = f2t_tensor(F2_I32, F2_CPU, 1, &N);
   for (int r = 0; r < 4; r++) ((int32_t *)tg->data)[r] = r;
-  f2_tensor *wg = to_device(w, F2_CUDA), *loss = new_tensor(F2_F32, F2_CPU, 1, &one);
+  f2_tensor *wg = to_device(w, F2_CUDA), *loss = f2t_tensor(F2_F32, F2_CPU, 1, &one);
   int rc = f2_lm_head_cross_entropy(loss, NULL, NULL, NULL, h, wg, tg, -100, 1.0f, 0);
   CHECK(rc == F2_ERR_ARG && strstr(f2_last_error(), "different devices"), "mixed devices: %d %s", rc, f2_last_error());
   f2_tensor_free(h), f2_tensor_free(w), f2_tensor_free(tg), f2_tensor_free(wg), f2_tensor_free(loss);
@@ -263,9 +249,9 @@ static void test_mixed_devices(void) {
 /* No rows: loss 0 (whatever it held), dweight untouched. */
 static void test_no_rows(void) {
   int64_t zero = 0, hs[2] = {0, 8}, ws[2] = {16, 8}, one = 1;
-  f2_tensor *h = new_tensor(F2_BF16, F2_CUDA, 2, hs), *dh = new_tensor(F2_BF16, F2_CUDA, 2, hs);
-  f2_tensor *w = new_tensor(F2_BF16, F2_CUDA, 2, ws), *dw = new_tensor(F2_F32, F2_CUDA, 2, ws);
-  f2_tensor *tg = new_tensor(F2_I32, F2_CUDA, 1, &zero), *loss = new_tensor(F2_F32, F2_CUDA, 1, &one);
+  f2_tensor *h = f2t_tensor(F2_BF16, F2_CUDA, 2, hs), *dh = f2t_tensor(F2_BF16, F2_CUDA, 2, hs);
+  f2_tensor *w = f2t_tensor(F2_BF16, F2_CUDA, 2, ws), *dw = f2t_tensor(F2_F32, F2_CUDA, 2, ws);
+  f2_tensor *tg = f2t_tensor(F2_I32, F2_CUDA, 1, &zero), *loss = f2t_tensor(F2_F32, F2_CUDA, 1, &one);
   CHECK_OK(f2_fill(w, 1.0));
   CHECK_OK(f2_fill(dw, 2.0));
   CHECK_OK(f2_fill(loss, 123.0));

@@ -29,36 +29,22 @@ static double dtype_rtol(int32_t dtype) { return dtype == F2_BF16 ? 1e-2 : 1e-5;
 
 /* ---------------------------------------------------------------- tensors */
 
-static f2_tensor *new_tensor(int32_t dtype, int32_t device, int ndim, const int64_t *shape) {
-  f2_tensor *t = f2_tensor_new(dtype, device, ndim, shape);
-  if (!t) {
-    fprintf(stderr, "f2_tensor_new failed: %s\n", f2_last_error());
-    exit(1);
-  }
-  return t;
-}
-static void copy_or_die(f2_tensor *dst, const f2_tensor *src) {
-  if (f2_copy(dst, src) != F2_OK) {
-    fprintf(stderr, "f2_copy failed: %s\n", f2_last_error());
-    exit(1);
-  }
-}
 /* A copy of t on device (same dtype and shape). */
 static f2_tensor *on(int32_t device, const f2_tensor *t) {
-  f2_tensor *c = new_tensor(t->dtype, device, t->ndim, t->shape);
-  copy_or_die(c, t);
+  f2_tensor *c = f2t_tensor(t->dtype, device, t->ndim, t->shape);
+  f2t_copy(c, t);
   return c;
 }
 /* CPU tensor with N(0, std) entries drawn in f32, cast to dtype. */
 static f2_tensor *randn(int32_t dtype, int ndim, const int64_t *shape, double std) {
-  f2_tensor *f = new_tensor(F2_F32, F2_CPU, ndim, shape), *t = new_tensor(dtype, F2_CPU, ndim, shape);
+  f2_tensor *f = f2t_tensor(F2_F32, F2_CPU, ndim, shape), *t = f2t_tensor(dtype, F2_CPU, ndim, shape);
   CHECK_OK(f2_rand_normal(f, next_seed(), 0.0, std));
-  copy_or_die(t, f);
+  f2t_copy(t, f);
   f2_tensor_free(f);
   return t;
 }
 static f2_tensor *i32_tensor(int64_t n, const int32_t *v) {
-  f2_tensor *t = new_tensor(F2_I32, F2_CPU, 1, &n);
+  f2_tensor *t = f2t_tensor(F2_I32, F2_CPU, 1, &n);
   memcpy(t->data, v, (size_t)n * sizeof *v);
   return t;
 }
@@ -157,7 +143,7 @@ static void test_embedding_case(int64_t n, int64_t vocab, int64_t dim, int hot) 
   for (int wi = 0; wi < 2; wi++)
     for (int oi = 0; oi < 2; oi++) {
       f2_tensor *w = randn(float_dtypes[wi], 2, wshape, 1.0), *wg = on(F2_CUDA, w);
-      f2_tensor *out = new_tensor(float_dtypes[oi], F2_CPU, 2, oshape), *out_g = new_tensor(float_dtypes[oi], F2_CUDA, 2, oshape);
+      f2_tensor *out = f2t_tensor(float_dtypes[oi], F2_CPU, 2, oshape), *out_g = f2t_tensor(float_dtypes[oi], F2_CUDA, 2, oshape);
       CHECK_OK(f2_embedding_forward(out, w, ids_c));
       CHECK_OK(f2_embedding_forward(out_g, wg, ids_g));
       snprintf(what, sizeof what, "embedding forward n=%lld V=%lld D=%lld weight %s out %s", (long long)n,
@@ -194,9 +180,9 @@ static void test_embedding_bad_ids(void) {
   for (int64_t i = 0; i < n; i++)
     if (ids[i] >= 0 && ids[i] < vocab) good[n_good++] = ids[i];
   f2_tensor *ids_g = f2_tensor_new(F2_I32, F2_CUDA, 1, &n), *ids_c = i32_tensor(n, ids);
-  copy_or_die(ids_g, ids_c);
-  f2_tensor *w = randn(F2_F32, 2, wshape, 1.0), *wg = on(F2_CUDA, w), *out_g = new_tensor(F2_F32, F2_CUDA, 2, oshape);
-  f2_tensor *want = new_tensor(F2_F32, F2_CPU, 2, oshape);
+  f2t_copy(ids_g, ids_c);
+  f2_tensor *w = randn(F2_F32, 2, wshape, 1.0), *wg = on(F2_CUDA, w), *out_g = f2t_tensor(F2_F32, F2_CUDA, 2, oshape);
+  f2_tensor *want = f2t_tensor(F2_F32, F2_CPU, 2, oshape);
   CHECK_OK(f2_embedding_forward(out_g, wg, ids_g));
   for (int64_t i = 0; i < n; i++)
     for (int64_t d = 0; d < dim; d++)
@@ -206,7 +192,7 @@ static void test_embedding_bad_ids(void) {
   f2_tensor *dout = randn(F2_F32, 2, oshape, 1.0), *dout_g = on(F2_CUDA, dout), *dw = randn(F2_F32, 2, wshape, 1.0);
   f2_tensor *dw_g = on(F2_CUDA, dw);
   int64_t gshape[2] = {n_good, dim};
-  f2_tensor *dout_good = new_tensor(F2_F32, F2_CPU, 2, gshape), *ids_good = i32_tensor(n_good, good);
+  f2_tensor *dout_good = f2t_tensor(F2_F32, F2_CPU, 2, gshape), *ids_good = i32_tensor(n_good, good);
   for (int64_t i = 0, j = 0; i < n; i++)
     if (ids[i] >= 0 && ids[i] < vocab) memcpy((float *)dout_good->data + j++ * dim, (float *)dout->data + i * dim, dim * 4);
   CHECK_OK(f2_embedding_backward(dw, dout_good, ids_good));
@@ -244,8 +230,8 @@ static void test_rmsnorm_forward(void) {
         int32_t xt = float_dtypes[xi];
         f2_tensor *x = randn(xt, 2, xshape, 2.0), *w = randn(float_dtypes[wi], 1, &dim, 1.0);
         f2_tensor *xg = on(F2_CUDA, x), *wg = on(F2_CUDA, w);
-        f2_tensor *out = new_tensor(xt, F2_CPU, 2, xshape), *out_g = new_tensor(xt, F2_CUDA, 2, xshape);
-        f2_tensor *rstd = new_tensor(F2_F32, F2_CPU, 1, &rows), *rstd_g = new_tensor(F2_F32, F2_CUDA, 1, &rows);
+        f2_tensor *out = f2t_tensor(xt, F2_CPU, 2, xshape), *out_g = f2t_tensor(xt, F2_CUDA, 2, xshape);
+        f2_tensor *rstd = f2t_tensor(F2_F32, F2_CPU, 1, &rows), *rstd_g = f2t_tensor(F2_F32, F2_CUDA, 1, &rows);
         CHECK_OK(f2_rmsnorm_forward(out, rstd, x, w, norm_eps));
         CHECK_OK(f2_rmsnorm_forward(out_g, rstd_g, xg, wg, norm_eps));
         snprintf(what, sizeof what, "rmsnorm forward [%lld, %lld] x %s weight %s", (long long)rows, (long long)dim,
@@ -274,9 +260,9 @@ static void test_rmsnorm_residual(void) {
         if (alias == 2) bt = xt;   /* sum = b: b has sum's dtype */
         f2_tensor *a = randn(xt, 2, xshape, 1.0), *b = randn(bt, 2, xshape, 1.0), *w = randn(F2_F32, 1, &dim, 1.0);
         f2_tensor *ag = on(F2_CUDA, a), *bg = on(F2_CUDA, b), *wg = on(F2_CUDA, w);
-        f2_tensor *sum = new_tensor(xt, F2_CPU, 2, xshape), *out = new_tensor(xt, F2_CPU, 2, xshape);
-        f2_tensor *rstd = new_tensor(F2_F32, F2_CPU, 1, &rows), *rstd_g = new_tensor(F2_F32, F2_CUDA, 1, &rows);
-        f2_tensor *out_g = new_tensor(xt, F2_CUDA, 2, xshape), *new_sum = new_tensor(xt, F2_CUDA, 2, xshape);
+        f2_tensor *sum = f2t_tensor(xt, F2_CPU, 2, xshape), *out = f2t_tensor(xt, F2_CPU, 2, xshape);
+        f2_tensor *rstd = f2t_tensor(F2_F32, F2_CPU, 1, &rows), *rstd_g = f2t_tensor(F2_F32, F2_CUDA, 1, &rows);
+        f2_tensor *out_g = f2t_tensor(xt, F2_CUDA, 2, xshape), *new_sum = f2t_tensor(xt, F2_CUDA, 2, xshape);
         f2_tensor *sum_g = alias == 0 ? new_sum : alias == 1 ? ag : bg;
         CHECK_OK(f2_rmsnorm_residual_forward(sum, out, rstd, a, b, w, norm_eps));
         CHECK_OK(f2_rmsnorm_residual_forward(sum_g, out_g, rstd_g, ag, bg, wg, norm_eps));
@@ -303,7 +289,7 @@ static void test_rmsnorm_backward(void) {
         int64_t rows = norm_shapes[s][0], dim = norm_shapes[s][1], xshape[2] = {rows, dim};
         int32_t xt = float_dtypes[xi], wt = float_dtypes[(xi + mode) % 2];
         f2_tensor *x = randn(xt, 2, xshape, 2.0), *w = randn(wt, 1, &dim, 1.0), *dy = randn(xt, 2, xshape, 1.0);
-        f2_tensor *rstd = new_tensor(F2_F32, F2_CPU, 1, &rows), *tmp = new_tensor(xt, F2_CPU, 2, xshape);
+        f2_tensor *rstd = f2t_tensor(F2_F32, F2_CPU, 1, &rows), *tmp = f2t_tensor(xt, F2_CPU, 2, xshape);
         CHECK_OK(f2_rmsnorm_forward(tmp, rstd, x, w, norm_eps));
         f2_tensor *dx = randn(xt, 2, xshape, 1.0), *dw = mode == 3 ? NULL : randn(F2_F32, 1, &dim, 1.0);
         f2_tensor *xg = on(F2_CUDA, x), *wg = on(F2_CUDA, w), *dyg = on(F2_CUDA, dy), *rg = on(F2_CUDA, rstd);
@@ -364,9 +350,9 @@ static void test_rmsnorm_variants(void) {
   }
   variant_label[0] = 0;
   int64_t rows = 4, dim = 64, shape[2] = {rows, dim};
-  f2_tensor *x = new_tensor(F2_BF16, F2_CUDA, 2, shape), *w = new_tensor(F2_F32, F2_CUDA, 1, &dim);
-  f2_tensor *out = new_tensor(F2_BF16, F2_CUDA, 2, shape), *dw = new_tensor(F2_F32, F2_CUDA, 1, &dim);
-  f2_tensor *rstd = new_tensor(F2_F32, F2_CUDA, 1, &rows);
+  f2_tensor *x = f2t_tensor(F2_BF16, F2_CUDA, 2, shape), *w = f2t_tensor(F2_F32, F2_CUDA, 1, &dim);
+  f2_tensor *out = f2t_tensor(F2_BF16, F2_CUDA, 2, shape), *dw = f2t_tensor(F2_F32, F2_CUDA, 1, &dim);
+  f2_tensor *rstd = f2t_tensor(F2_F32, F2_CUDA, 1, &rows);
   CHECK_OK(f2_fill(x, 1.0));
   CHECK_OK(f2_fill(w, 1.0));
   CHECK_OK(f2_fill(dw, 0.0));
@@ -405,10 +391,10 @@ static void test_misaligned(void) {
       int32_t xt = float_dtypes[xi];
       int64_t rows = 19, dim = 576, shape[2] = {rows, dim}, flat = rows * dim + offset;
       f2_tensor *x = randn(xt, 2, shape, 1.0), *w = randn(F2_F32, 1, &dim, 1.0), *wg = on(F2_CUDA, w);
-      f2_tensor *store_x = new_tensor(xt, F2_CUDA, 1, &flat), *store_out = new_tensor(xt, F2_CUDA, 1, &flat);
+      f2_tensor *store_x = f2t_tensor(xt, F2_CUDA, 1, &flat), *store_out = f2t_tensor(xt, F2_CUDA, 1, &flat);
       f2_tensor *xg = offset_view(store_x, 2, shape, offset), *out_g = offset_view(store_out, 2, shape, offset);
-      copy_or_die(xg, x);
-      f2_tensor *out = new_tensor(xt, F2_CPU, 2, shape);
+      f2t_copy(xg, x);
+      f2_tensor *out = f2t_tensor(xt, F2_CPU, 2, shape);
       CHECK_OK(f2_rmsnorm_forward(out, NULL, x, w, norm_eps));
       CHECK_OK(f2_rmsnorm_forward(out_g, NULL, xg, wg, norm_eps));
       snprintf(what, sizeof what, "rmsnorm forward, views at +%lld [%lld, %lld] %s", (long long)offset, (long long)rows,
@@ -426,7 +412,7 @@ static void test_misaligned(void) {
 /* ---------------------------------------------------------------- RoPE */
 
 static f2_tensor *inv_freq_table(int64_t half) {
-  f2_tensor *f = new_tensor(F2_F32, F2_CPU, 1, &half);
+  f2_tensor *f = f2t_tensor(F2_F32, F2_CPU, 1, &half);
   for (int64_t i = 0; i < half; i++) ((float *)f->data)[i] = (float)pow(10000.0, -(double)i / (double)half);
   return f;
 }
@@ -438,8 +424,8 @@ static void test_rope(void) {
     const int64_t *shape = shapes[s];
     int64_t half = shape[3] / 2, positions = shape[1] + 4, tshape[2] = {positions, half};
     f2_tensor *inv = inv_freq_table(half), *inv_g = on(F2_CUDA, inv);
-    f2_tensor *cos_t = new_tensor(F2_F32, F2_CPU, 2, tshape), *sin_t = new_tensor(F2_F32, F2_CPU, 2, tshape);
-    f2_tensor *cos_g = new_tensor(F2_F32, F2_CUDA, 2, tshape), *sin_g = new_tensor(F2_F32, F2_CUDA, 2, tshape);
+    f2_tensor *cos_t = f2t_tensor(F2_F32, F2_CPU, 2, tshape), *sin_t = f2t_tensor(F2_F32, F2_CPU, 2, tshape);
+    f2_tensor *cos_g = f2t_tensor(F2_F32, F2_CUDA, 2, tshape), *sin_g = f2t_tensor(F2_F32, F2_CUDA, 2, tshape);
     CHECK_OK(f2_rope_tables(cos_t, sin_t, inv));
     CHECK_OK(f2_rope_tables(cos_g, sin_g, inv_g));
     snprintf(what, sizeof what, "rope cos table [%lld, %lld]", (long long)positions, (long long)half);
@@ -450,7 +436,7 @@ static void test_rope(void) {
       for (int dir = 0; dir < 2; dir++) {
         int32_t xt = float_dtypes[xi];
         f2_tensor *x = randn(xt, 4, shape, 1.0), *xg = on(F2_CUDA, x);
-        f2_tensor *out = new_tensor(xt, F2_CPU, 4, shape), *out_g = new_tensor(xt, F2_CUDA, 4, shape);
+        f2_tensor *out = f2t_tensor(xt, F2_CPU, 4, shape), *out_g = f2t_tensor(xt, F2_CUDA, 4, shape);
         int (*fn)(f2_tensor *, const f2_tensor *, const f2_tensor *, const f2_tensor *) =
             dir ? f2_rope_backward : f2_rope_forward;
         CHECK_OK(fn(out, x, cos_t, sin_t));
@@ -481,14 +467,14 @@ static void test_swiglu(void) {
       int32_t gt = combos[k][0], ut = combos[k][1], ot = combos[k][2];
       f2_tensor *gate = randn(gt, 2, shape, 2.0), *up = randn(ut, 2, shape, 1.0), *dout = randn(ot, 2, shape, 1.0);
       f2_tensor *gg = on(F2_CUDA, gate), *ug = on(F2_CUDA, up), *dg_out = on(F2_CUDA, dout);
-      f2_tensor *out = new_tensor(ot, F2_CPU, 2, shape), *out_g = new_tensor(ot, F2_CUDA, 2, shape);
+      f2_tensor *out = f2t_tensor(ot, F2_CPU, 2, shape), *out_g = f2t_tensor(ot, F2_CUDA, 2, shape);
       CHECK_OK(f2_swiglu_forward(out, gate, up));
       CHECK_OK(f2_swiglu_forward(out_g, gg, ug));
       snprintf(what, sizeof what, "swiglu forward [%lld, %lld] gate %s up %s out %s", (long long)shape[0],
                (long long)shape[1], dn(gt), dn(ut), dn(ot));
       compare(what, out_g, out, dtype_rtol(ot), 1e-6);
-      f2_tensor *dgate = new_tensor(ot, F2_CPU, 2, shape), *dup = new_tensor(ot, F2_CPU, 2, shape);
-      f2_tensor *dgate_g = new_tensor(ot, F2_CUDA, 2, shape), *dup_g = new_tensor(ot, F2_CUDA, 2, shape);
+      f2_tensor *dgate = f2t_tensor(ot, F2_CPU, 2, shape), *dup = f2t_tensor(ot, F2_CPU, 2, shape);
+      f2_tensor *dgate_g = f2t_tensor(ot, F2_CUDA, 2, shape), *dup_g = f2t_tensor(ot, F2_CUDA, 2, shape);
       CHECK_OK(f2_swiglu_backward(dgate, dup, dout, gate, up));
       CHECK_OK(f2_swiglu_backward(dgate_g, dup_g, dg_out, gg, ug));
       snprintf(what, sizeof what, "swiglu backward dgate [%lld, %lld] gate %s up %s grads %s", (long long)shape[0],
@@ -524,10 +510,10 @@ static void test_cross_entropy_case(int64_t rows, int64_t vocab, int32_t lt, int
   }
   f2_tensor *logits = randn(lt, 2, shape, 3.0), *lg = on(F2_CUDA, logits);
   f2_tensor *tc = i32_tensor(rows, targets), *tg = on(F2_CUDA, tc);
-  f2_tensor *loss = new_tensor(F2_F32, F2_CPU, 1, &one), *loss_g = new_tensor(F2_F32, F2_CUDA, 1, &one);
-  f2_tensor *loss2 = new_tensor(F2_F32, F2_CUDA, 1, &one), *loss3 = new_tensor(F2_F32, F2_CUDA, 1, &one);
-  f2_tensor *losses = new_tensor(F2_F32, F2_CPU, 1, &rows), *losses_g = new_tensor(F2_F32, F2_CUDA, 1, &rows);
-  f2_tensor *losses2 = new_tensor(F2_F32, F2_CUDA, 1, &rows);
+  f2_tensor *loss = f2t_tensor(F2_F32, F2_CPU, 1, &one), *loss_g = f2t_tensor(F2_F32, F2_CUDA, 1, &one);
+  f2_tensor *loss2 = f2t_tensor(F2_F32, F2_CUDA, 1, &one), *loss3 = f2t_tensor(F2_F32, F2_CUDA, 1, &one);
+  f2_tensor *losses = f2t_tensor(F2_F32, F2_CPU, 1, &rows), *losses_g = f2t_tensor(F2_F32, F2_CUDA, 1, &rows);
+  f2_tensor *losses2 = f2t_tensor(F2_F32, F2_CUDA, 1, &rows);
   CHECK_OK(f2_cross_entropy_forward(loss, losses, logits, tc, ignore));
   CHECK_OK(f2_cross_entropy_forward(loss_g, losses_g, lg, tg, ignore));
   CHECK_OK(f2_cross_entropy_forward(loss2, losses2, lg, tg, ignore));
@@ -542,8 +528,8 @@ static void test_cross_entropy_case(int64_t rows, int64_t vocab, int32_t lt, int
   compare_bits("cross-entropy loss without losses", loss3, loss_g);
 
   const float dloss = 0.75f;
-  f2_tensor *dl = new_tensor(dt, F2_CPU, 2, shape), *dl_g = new_tensor(dt, F2_CUDA, 2, shape);
-  f2_tensor *dl2 = new_tensor(dt, F2_CUDA, 2, shape);
+  f2_tensor *dl = f2t_tensor(dt, F2_CPU, 2, shape), *dl_g = f2t_tensor(dt, F2_CUDA, 2, shape);
+  f2_tensor *dl2 = f2t_tensor(dt, F2_CUDA, 2, shape);
   CHECK_OK(f2_cross_entropy_backward(dl, logits, tc, ignore, dloss));
   CHECK_OK(f2_cross_entropy_backward(dl_g, lg, tg, ignore, dloss));
   CHECK_OK(f2_cross_entropy_backward(dl2, lg, tg, ignore, dloss));
@@ -562,8 +548,8 @@ static void test_cross_entropy_edges(void) {
   int32_t all_ignored[6] = {-1, -1, -1, -1, -1, -1}, bad[6] = {3, -1, 40, 5, -7, 0};
   f2_tensor *logits = randn(F2_F32, 2, shape, 1.0), *lg = on(F2_CUDA, logits);
   f2_tensor *tc = i32_tensor(rows, all_ignored), *tg = on(F2_CUDA, tc);
-  f2_tensor *loss_g = new_tensor(F2_F32, F2_CUDA, 1, &one), *losses_g = new_tensor(F2_F32, F2_CUDA, 1, &rows);
-  f2_tensor *dl_g = new_tensor(F2_F32, F2_CUDA, 2, shape);
+  f2_tensor *loss_g = f2t_tensor(F2_F32, F2_CUDA, 1, &one), *losses_g = f2t_tensor(F2_F32, F2_CUDA, 1, &rows);
+  f2_tensor *dl_g = f2t_tensor(F2_F32, F2_CUDA, 2, shape);
   CHECK_OK(f2_fill(loss_g, 5.0));
   CHECK_OK(f2_fill(dl_g, 5.0));
   CHECK_OK(f2_cross_entropy_forward(loss_g, losses_g, lg, tg, -1));

@@ -14,29 +14,15 @@ static int verbose;
 static uint64_t next_seed(void) { return seed_counter++; }
 static const char *dn(int32_t dtype) { return f2_dtype_name(dtype); }
 
-static f2_tensor *new_tensor(int32_t dtype, int32_t device, int ndim, const int64_t *shape) {
-  f2_tensor *t = f2_tensor_new(dtype, device, ndim, shape);
-  if (!t) {
-    fprintf(stderr, "f2_tensor_new failed: %s\n", f2_last_error());
-    exit(1);
-  }
-  return t;
-}
-static void copy_or_die(f2_tensor *dst, const f2_tensor *src) {
-  if (f2_copy(dst, src) != F2_OK) {
-    fprintf(stderr, "f2_copy failed: %s\n", f2_last_error());
-    exit(1);
-  }
-}
 static f2_tensor *on(int32_t device, const f2_tensor *t) {   /* contiguous copy on device */
-  f2_tensor *c = new_tensor(t->dtype, device, t->ndim, t->shape);
-  copy_or_die(c, t);
+  f2_tensor *c = f2t_tensor(t->dtype, device, t->ndim, t->shape);
+  f2t_copy(c, t);
   return c;
 }
 static f2_tensor *randn(int32_t dtype, int ndim, const int64_t *shape) {   /* CPU, N(0, 1) */
-  f2_tensor *f = new_tensor(F2_F32, F2_CPU, ndim, shape), *t = new_tensor(dtype, F2_CPU, ndim, shape);
+  f2_tensor *f = f2t_tensor(F2_F32, F2_CPU, ndim, shape), *t = f2t_tensor(dtype, F2_CPU, ndim, shape);
   CHECK_OK(f2_rand_normal(f, next_seed(), 0.0, 1.0));
-  copy_or_die(t, f);
+  f2t_copy(t, f);
   f2_tensor_free(f);
   return t;
 }
@@ -94,9 +80,9 @@ static void rope_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hk
   char what[256];
   int64_t W = (H + 2 * Hkv) * Dh + pad, ys[3] = {B, T, W}, half = Dh / 2;
   int64_t ts[2] = {T + 2, half}, is = half;
-  f2_tensor *inv = new_tensor(F2_F32, F2_CPU, 1, &is);
+  f2_tensor *inv = f2t_tensor(F2_F32, F2_CPU, 1, &is);
   for (int64_t i = 0; i < half; i++) ((float *)inv->data)[i] = (float)pow(10000.0, -2.0 * (double)i / (double)Dh);
-  f2_tensor *cs = new_tensor(F2_F32, F2_CPU, 2, ts), *sn = new_tensor(F2_F32, F2_CPU, 2, ts);
+  f2_tensor *cs = f2t_tensor(F2_F32, F2_CPU, 2, ts), *sn = f2t_tensor(F2_F32, F2_CPU, 2, ts);
   CHECK_OK(f2_rope_tables(cs, sn, inv));
   f2_tensor *cs_g = on(F2_CUDA, cs), *sn_g = on(F2_CUDA, sn);
   f2_tensor *y = randn(dtype, 3, ys), *y_g = on(F2_CUDA, y);
@@ -111,8 +97,8 @@ static void rope_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hk
                parts[p].name, (long long)B, (long long)T, (long long)W, (long long)heads, (long long)Dh, dn(dtype));
       /* strided x -> contiguous out */
       f2_tensor *xv = view(y, 4, shape, stride, col), *xv_g = view(y_g, 4, shape, stride, col);
-      f2_tensor *out = new_tensor(dtype, F2_CPU, 4, shape), *out_g = new_tensor(dtype, F2_CUDA, 4, shape);
-      f2_tensor *out_g2 = new_tensor(dtype, F2_CUDA, 4, shape);
+      f2_tensor *out = f2t_tensor(dtype, F2_CPU, 4, shape), *out_g = f2t_tensor(dtype, F2_CUDA, 4, shape);
+      f2_tensor *out_g2 = f2t_tensor(dtype, F2_CUDA, 4, shape);
       CHECK_OK(op(out, xv, cs, sn));
       CHECK_OK(op(out_g, xv_g, cs_g, sn_g));
       CHECK_OK(op(out_g2, xv_g, cs_g, sn_g));
@@ -121,7 +107,7 @@ static void rope_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hk
       same_bits(out_g, out_g2, what);
       /* contiguous x -> strided out inside a sentinel-filled buffer (compared whole) */
       f2_tensor *xc = on(F2_CPU, xv), *xc_g = on(F2_CUDA, xc);
-      f2_tensor *wide = new_tensor(dtype, F2_CPU, 3, ys), *wide_g = new_tensor(dtype, F2_CUDA, 3, ys);
+      f2_tensor *wide = f2t_tensor(dtype, F2_CPU, 3, ys), *wide_g = f2t_tensor(dtype, F2_CUDA, 3, ys);
       CHECK_OK(f2_fill(wide, 7.0));
       CHECK_OK(f2_fill(wide_g, 7.0));
       f2_tensor *ov = view(wide, 4, shape, stride, col), *ov_g = view(wide_g, 4, shape, stride, col);
@@ -137,7 +123,7 @@ static void rope_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hk
       snprintf(what, sizeof what, "%s: in place (whole buffer)", base);
       compare(y2_g, y2, rtol_of(dtype), atol_of(dtype), what);
       /* contiguous both ways (the unfused path) */
-      f2_tensor *cc = new_tensor(dtype, F2_CPU, 4, shape), *cc_g = new_tensor(dtype, F2_CUDA, 4, shape);
+      f2_tensor *cc = f2t_tensor(dtype, F2_CPU, 4, shape), *cc_g = f2t_tensor(dtype, F2_CUDA, 4, shape);
       CHECK_OK(op(cc, xc, cs, sn));
       CHECK_OK(op(cc_g, xc_g, cs_g, sn_g));
       snprintf(what, sizeof what, "%s: contiguous", base);
@@ -163,8 +149,8 @@ static void swiglu_case(int32_t dtype, int64_t B, int64_t R, int64_t I, int64_t 
   f2_tensor *gv = view(y, 3, shape, stride, 0), *uv = view(y, 3, shape, stride, I);
   f2_tensor *gv_g = view(y_g, 3, shape, stride, 0), *uv_g = view(y_g, 3, shape, stride, I);
   /* forward from the strided halves */
-  f2_tensor *out = new_tensor(dtype, F2_CPU, 3, shape), *out_g = new_tensor(dtype, F2_CUDA, 3, shape);
-  f2_tensor *out_g2 = new_tensor(dtype, F2_CUDA, 3, shape);
+  f2_tensor *out = f2t_tensor(dtype, F2_CPU, 3, shape), *out_g = f2t_tensor(dtype, F2_CUDA, 3, shape);
+  f2_tensor *out_g2 = f2t_tensor(dtype, F2_CUDA, 3, shape);
   CHECK_OK(f2_swiglu_forward(out, gv, uv));
   CHECK_OK(f2_swiglu_forward(out_g, gv_g, uv_g));
   CHECK_OK(f2_swiglu_forward(out_g2, gv_g, uv_g));
@@ -173,13 +159,13 @@ static void swiglu_case(int32_t dtype, int64_t B, int64_t R, int64_t I, int64_t 
   same_bits(out_g, out_g2, what);
   /* forward, contiguous operands */
   f2_tensor *gc = on(F2_CPU, gv), *uc = on(F2_CPU, uv), *gc_g = on(F2_CUDA, gc), *uc_g = on(F2_CUDA, uc);
-  f2_tensor *oc = new_tensor(dtype, F2_CPU, 3, shape), *oc_g = new_tensor(dtype, F2_CUDA, 3, shape);
+  f2_tensor *oc = f2t_tensor(dtype, F2_CPU, 3, shape), *oc_g = f2t_tensor(dtype, F2_CUDA, 3, shape);
   CHECK_OK(f2_swiglu_forward(oc, gc, uc));
   CHECK_OK(f2_swiglu_forward(oc_g, gc_g, uc_g));
   snprintf(what, sizeof what, "%s: forward, contiguous", base);
   compare(oc_g, oc, rt, at, what);
   /* forward into a strided out inside a sentinel-filled buffer */
-  f2_tensor *wide = new_tensor(dtype, F2_CPU, 3, ys), *wide_g = new_tensor(dtype, F2_CUDA, 3, ys);
+  f2_tensor *wide = f2t_tensor(dtype, F2_CPU, 3, ys), *wide_g = f2t_tensor(dtype, F2_CUDA, 3, ys);
   CHECK_OK(f2_fill(wide, -3.0));
   CHECK_OK(f2_fill(wide_g, -3.0));
   f2_tensor *ov = view(wide, 3, shape, stride, I), *ov_g = view(wide_g, 3, shape, stride, I);
@@ -202,7 +188,7 @@ static void swiglu_case(int32_t dtype, int64_t B, int64_t R, int64_t I, int64_t 
   /* backward with every operand strided and separate outputs; and all contiguous */
   f2_tensor *dwide = randn(dtype, 3, ys), *dwide_g = on(F2_CUDA, dwide);
   f2_tensor *dov = view(dwide, 3, shape, stride, I), *dov_g = view(dwide_g, 3, shape, stride, I);
-  f2_tensor *gw = new_tensor(dtype, F2_CPU, 3, ys), *gw_g = new_tensor(dtype, F2_CUDA, 3, ys);
+  f2_tensor *gw = f2t_tensor(dtype, F2_CPU, 3, ys), *gw_g = f2t_tensor(dtype, F2_CUDA, 3, ys);
   CHECK_OK(f2_fill(gw, 5.0));
   CHECK_OK(f2_fill(gw_g, 5.0));
   f2_tensor *dgv = view(gw, 3, shape, stride, 0), *duv = view(gw, 3, shape, stride, I);
@@ -211,8 +197,8 @@ static void swiglu_case(int32_t dtype, int64_t B, int64_t R, int64_t I, int64_t 
   CHECK_OK(f2_swiglu_backward(dgv_g, duv_g, dov_g, gv_g, uv_g));
   snprintf(what, sizeof what, "%s: backward, every operand strided (whole buffer)", base);
   compare(gw_g, gw, rt, at, what);
-  f2_tensor *dgc = new_tensor(dtype, F2_CPU, 3, shape), *duc = new_tensor(dtype, F2_CPU, 3, shape);
-  f2_tensor *dgc_g = new_tensor(dtype, F2_CUDA, 3, shape), *duc_g = new_tensor(dtype, F2_CUDA, 3, shape);
+  f2_tensor *dgc = f2t_tensor(dtype, F2_CPU, 3, shape), *duc = f2t_tensor(dtype, F2_CPU, 3, shape);
+  f2_tensor *dgc_g = f2t_tensor(dtype, F2_CUDA, 3, shape), *duc_g = f2t_tensor(dtype, F2_CUDA, 3, shape);
   CHECK_OK(f2_swiglu_backward(dgc, duc, dout, gc, uc));
   CHECK_OK(f2_swiglu_backward(dgc_g, duc_g, dout_g, gc_g, uc_g));
   snprintf(what, sizeof what, "%s: backward dgate, contiguous", base);

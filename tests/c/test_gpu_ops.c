@@ -94,18 +94,10 @@ static void twin_free(twin t) {
   f2_tensor_free(t.g);
 }
 
-static f2_tensor *new_tensor(int32_t dtype, int32_t device, int ndim, const int64_t *shape) {
-  f2_tensor *t = f2_tensor_new(dtype, device, ndim, shape);
-  if (!t) {
-    fprintf(stderr, "f2_tensor_new failed: %s\n", f2_last_error());
-    exit(1);
-  }
-  return t;
-}
 
 /* A CPU copy of any tensor (contiguous, same dtype). */
 static f2_tensor *host(const f2_tensor *t) {
-  f2_tensor *h = new_tensor(t->dtype, F2_CPU, t->ndim, t->shape);
+  f2_tensor *h = f2t_tensor(t->dtype, F2_CPU, t->ndim, t->shape);
   if (f2_copy(h, t) != F2_OK) {
     fprintf(stderr, "download failed: %s\n", f2_last_error());
     exit(1);
@@ -115,14 +107,14 @@ static f2_tensor *host(const f2_tensor *t) {
 
 /* Uploads c's bits to a new GPU tensor of the same shape (a transfer, no arithmetic). */
 static twin twin_of(f2_tensor *c) {
-  twin t = {c, new_tensor(c->dtype, F2_CUDA, c->ndim, c->shape)};
+  twin t = {c, f2t_tensor(c->dtype, F2_CUDA, c->ndim, c->shape)};
   CHECK_OK(f2_copy(t.g, c));
   return t;
 }
 
 /* Uniform values in [lo, hi) drawn in f32 on the CPU, cast to dtype, uploaded. */
 static twin twin_rand(int32_t dtype, int ndim, const int64_t *shape, double lo, double hi) {
-  f2_tensor *f = new_tensor(F2_F32, F2_CPU, ndim, shape), *c = new_tensor(dtype, F2_CPU, ndim, shape);
+  f2_tensor *f = f2t_tensor(F2_F32, F2_CPU, ndim, shape), *c = f2t_tensor(dtype, F2_CPU, ndim, shape);
   CHECK_OK(f2_rand_uniform(f, next_seed(), lo, hi));
   CHECK_OK(f2_copy(c, f));
   f2_tensor_free(f);
@@ -131,7 +123,7 @@ static twin twin_rand(int32_t dtype, int ndim, const int64_t *shape, double lo, 
 
 /* Every bit pattern of the dtype (NaNs, Infs, denormals, extreme integers). */
 static twin twin_bits(int32_t dtype, int ndim, const int64_t *shape) {
-  f2_tensor *c = new_tensor(dtype, F2_CPU, ndim, shape);
+  f2_tensor *c = f2t_tensor(dtype, F2_CPU, ndim, shape);
   uint64_t s = next_seed();
   for (int64_t i = 0; i < f2_tensor_numel(c); i++) set_bits(c, i, mix64(&s));
   return twin_of(c);
@@ -246,7 +238,7 @@ static void test_transfers(void) {
     compare_bits(what, t.g, t.c);
     /* Strided CPU source -> contiguous GPU; contiguous CPU -> strided GPU destination. */
     twin tt = twin_transpose(t, 0, 2);
-    f2_tensor *up = new_tensor(dt, F2_CUDA, 3, tt.c->shape);
+    f2_tensor *up = f2t_tensor(dt, F2_CUDA, 3, tt.c->shape);
     CHECK_OK(f2_copy(up, tt.c));
     snprintf(what, sizeof what, "upload of a transposed %s view", f2_dtype_name(dt));
     compare_bits(what, up, tt.c);
@@ -258,7 +250,7 @@ static void test_transfers(void) {
     snprintf(what, sizeof what, "upload into a strided %s view (whole buffer)", f2_dtype_name(dt));
     compare_bits(what, dst.g, dst.c);
     /* Strided GPU source -> CPU (download path). */
-    f2_tensor *down = new_tensor(dt, F2_CPU, 3, dv.g->shape);
+    f2_tensor *down = f2t_tensor(dt, F2_CPU, 3, dv.g->shape);
     CHECK_OK(f2_copy(down, dv.g));
     snprintf(what, sizeof what, "download of a strided %s view", f2_dtype_name(dt));
     compare_bits(what, down, dv.c);
@@ -271,20 +263,20 @@ static void test_transfers(void) {
   }
   /* Cross-device copy with a cast (staged through the source device). */
   twin src = twin_rand(F2_F32, 2, (int64_t[]){33, 65}, -3, 3);
-  twin dst = twin_of(new_tensor(F2_BF16, F2_CPU, 2, (int64_t[]){33, 65}));
+  twin dst = twin_of(f2t_tensor(F2_BF16, F2_CPU, 2, (int64_t[]){33, 65}));
   CHECK_OK(f2_copy(dst.c, src.c));
   CHECK_OK(f2_copy(dst.g, src.c)); /* CPU f32 -> GPU bf16 */
   compare_bits("upload with cast f32 -> bf16", dst.g, dst.c);
-  f2_tensor *back = new_tensor(F2_F32, F2_CPU, 2, (int64_t[]){33, 65}), *want = host(dst.c);
+  f2_tensor *back = f2t_tensor(F2_F32, F2_CPU, 2, (int64_t[]){33, 65}), *want = host(dst.c);
   CHECK_OK(f2_copy(back, dst.g)); /* GPU bf16 -> CPU f32 */
-  f2_tensor *want32 = new_tensor(F2_F32, F2_CPU, 2, (int64_t[]){33, 65});
+  f2_tensor *want32 = f2t_tensor(F2_F32, F2_CPU, 2, (int64_t[]){33, 65});
   CHECK_OK(f2_copy(want32, want));
   compare_bits("download with cast bf16 -> f32", back, want32);
   f2_tensor_free(back), f2_tensor_free(want), f2_tensor_free(want32);
   twin_free(src), twin_free(dst);
   /* A large device-to-device copy (the memcpy path), 64 MiB. */
   twin big = twin_bits(F2_I32, 1, (int64_t[]){16 << 20});
-  f2_tensor *big2 = new_tensor(F2_I32, F2_CUDA, 1, (int64_t[]){16 << 20});
+  f2_tensor *big2 = f2t_tensor(F2_I32, F2_CUDA, 1, (int64_t[]){16 << 20});
   CHECK_OK(f2_copy(big2, big.g));
   compare_bits("64 MiB device-to-device copy", big2, big.c);
   f2_tensor_free(big2);
@@ -318,7 +310,7 @@ static void test_casts(void) {
     for (int d = 0; d < 7; d++) {
       int32_t dt = all_dtypes[d];
       char what[128];
-      twin dst = twin_of(new_tensor(dt, F2_CPU, 2, src.c->shape));
+      twin dst = twin_of(f2t_tensor(dt, F2_CPU, 2, src.c->shape));
       CHECK_OK(f2_copy(dst.c, src.c));
       CHECK_OK(f2_copy(dst.g, src.g));
       snprintf(what, sizeof what, "cast %s -> %s", f2_dtype_name(all_dtypes[s]), f2_dtype_name(dt));
@@ -419,7 +411,7 @@ static void test_rand(void) {
         compare(what, layout ? base.g : t.g, layout ? base.c : t.c, dt == F2_F32 ? 2.4e-7 : dtype_rtol(dt), 0, NULL);
       }
       /* A different seed must give different numbers. */
-      f2_tensor *other = new_tensor(dt, F2_CUDA, 2, t.g->shape), *h1, *h2;
+      f2_tensor *other = f2t_tensor(dt, F2_CUDA, 2, t.g->shape), *h1, *h2;
       CHECK_OK(f2_rand_uniform(other, seed + 1, -2.0, 3.5));
       CHECK_OK(f2_rand_uniform(t.g, seed, -2.0, 3.5));
       h1 = host(other), h2 = host(t.g);
@@ -432,7 +424,7 @@ static void test_rand(void) {
     }
   }
   /* A large tensor: the index crosses many blocks and grid-stride rounds. */
-  twin big = twin_of(new_tensor(F2_F32, F2_CPU, 1, (int64_t[]){(1 << 24) + 3}));
+  twin big = twin_of(f2t_tensor(F2_F32, F2_CPU, 1, (int64_t[]){(1 << 24) + 3}));
   uint64_t seed = next_seed();
   CHECK_OK(f2_rand_uniform(big.c, seed, 0, 1));
   CHECK_OK(f2_rand_uniform(big.g, seed, 0, 1));
@@ -455,7 +447,7 @@ static void test_unary(void) {
         if (out_f32 && in == F2_F32) continue;
         twin a = twin_rand(in, 2, (int64_t[]){129, 70}, lo, hi);
         twin at = twin_transpose(a, 0, 1);
-        twin out = twin_of(new_tensor(out_dt, F2_CPU, 2, (int64_t[]){70, 129}));
+        twin out = twin_of(f2t_tensor(out_dt, F2_CPU, 2, (int64_t[]){70, 129}));
         CHECK_OK(f2_unary(out.c, at.c, op));
         CHECK_OK(f2_unary(out.g, at.g, op));
         char what[96];
@@ -477,7 +469,7 @@ static void test_unary(void) {
   static const int int_ops[] = {F2_OP_NEG, F2_OP_ABS, F2_OP_SQUARE, F2_OP_SIGN};
   for (int k = 0; k < 4; k++) {
     twin x = twin_rand(F2_I32, 1, (int64_t[]){1000}, -40000, 40000);
-    twin y = twin_of(new_tensor(F2_I32, F2_CPU, 1, (int64_t[]){1000}));
+    twin y = twin_of(f2t_tensor(F2_I32, F2_CPU, 1, (int64_t[]){1000}));
     CHECK_OK(f2_unary(y.c, x.c, int_ops[k]));
     CHECK_OK(f2_unary(y.g, x.g, int_ops[k]));
     char what[64];
@@ -526,7 +518,7 @@ static void test_binary(void) {
           b = twin_rand(db, 1, (int64_t[]){1}, blo, bhi);
           bv = twin_expand(b, 3, shape);
         }
-        twin out = twin_of(new_tensor(dout, F2_CPU, 3, shape));
+        twin out = twin_of(f2t_tensor(dout, F2_CPU, 3, shape));
         CHECK_OK(f2_binary(out.c, av.c, bv.c, op));
         CHECK_OK(f2_binary(out.g, av.g, bv.g, op));
         char what[128];
@@ -548,7 +540,7 @@ static void test_binary(void) {
   CHECK_OK(f2_copy(x.g, x.c));
   CHECK_OK(f2_copy(y.g, y.c));
   for (int op = F2_OP_MAX; op <= F2_OP_MIN; op++) {
-    twin out = twin_of(new_tensor(F2_F32, F2_CPU, 1, (int64_t[]){64}));
+    twin out = twin_of(f2t_tensor(F2_F32, F2_CPU, 1, (int64_t[]){64}));
     CHECK_OK(f2_binary(out.c, x.c, y.c, op));
     CHECK_OK(f2_binary(out.g, x.g, y.g, op));
     compare_bits(op == F2_OP_MAX ? "binary max with NaNs" : "binary min with NaNs", out.g, out.c);
@@ -572,7 +564,7 @@ static void test_binary_scalar(void) {
       if (dt == F2_I32) alo = -5000, ahi = 5000, scalar = op == F2_OP_DIV ? 7 : -1234;
       twin a = twin_rand(dt, 2, (int64_t[]){90, 33}, alo, ahi);
       twin at = twin_transpose(a, 0, 1);
-      twin out = twin_of(new_tensor(dt, F2_CPU, 2, (int64_t[]){33, 90}));
+      twin out = twin_of(f2t_tensor(dt, F2_CPU, 2, (int64_t[]){33, 90}));
       CHECK_OK(f2_binary_scalar(out.c, at.c, scalar, op));
       CHECK_OK(f2_binary_scalar(out.g, at.g, scalar, op));
       char what[96];
@@ -583,7 +575,7 @@ static void test_binary_scalar(void) {
     }
   /* Integer outputs saturate and truncate the same way on both devices. */
   twin a = twin_rand(F2_F32, 1, (int64_t[]){500}, -400, 400);
-  twin out = twin_of(new_tensor(F2_I8, F2_CPU, 1, (int64_t[]){500}));
+  twin out = twin_of(f2t_tensor(F2_I8, F2_CPU, 1, (int64_t[]){500}));
   CHECK_OK(f2_binary_scalar(out.c, a.c, 0.7, F2_OP_MUL));
   CHECK_OK(f2_binary_scalar(out.g, a.g, 0.7, F2_OP_MUL));
   compare_bits("binary_scalar f32 * 0.7 -> i8 (saturating)", out.g, out.c);
@@ -611,7 +603,7 @@ static int reduced_shape(const f2_tensor *x, int dim, int64_t *shape) {
 static void check_reduce(const char *label, twin x, int dim, int op, int32_t out_dtype) {
   int64_t shape[8];
   int nd = reduced_shape(x.c, dim, shape);
-  twin out = twin_of(new_tensor(out_dtype, F2_CPU, nd, shape));
+  twin out = twin_of(f2t_tensor(out_dtype, F2_CPU, nd, shape));
   CHECK_OK(f2_reduce(out.c, x.c, dim, op));
   CHECK_OK(f2_reduce(out.g, x.g, dim, op));
   char what[160];
@@ -623,13 +615,13 @@ static void check_reduce(const char *label, twin x, int dim, int op, int32_t out
     compare(what, out.g, out.c, out_dtype == F2_F32 ? 1e-5 : dtype_rtol(out_dtype), 0, NULL);
   } else {
     /* Cancellation: bound the error by the sum of |x| (fp32 accumulation vs the CPU's fp64). */
-    f2_tensor *ax = new_tensor(F2_F32, F2_CPU, x.c->ndim, x.c->shape), *scale = new_tensor(F2_F32, F2_CPU, nd, shape);
+    f2_tensor *ax = f2t_tensor(F2_F32, F2_CPU, x.c->ndim, x.c->shape), *scale = f2t_tensor(F2_F32, F2_CPU, nd, shape);
     CHECK_OK(f2_unary(ax, x.c, F2_OP_ABS));
     CHECK_OK(f2_reduce(scale, ax, dim, op));
     if (out_dtype == F2_F32) {
       compare(what, out.g, out.c, 1e-5, 1e-6, scale);
     } else { /* one more rounding into the output dtype */
-      f2_tensor *s2 = new_tensor(F2_F32, F2_CPU, nd, shape), *w = new_tensor(F2_F32, F2_CPU, nd, shape);
+      f2_tensor *s2 = f2t_tensor(F2_F32, F2_CPU, nd, shape), *w = f2t_tensor(F2_F32, F2_CPU, nd, shape);
       CHECK_OK(f2_copy(w, out.c));
       CHECK_OK(f2_unary(w, w, F2_OP_ABS));
       CHECK_OK(f2_binary_scalar(w, w, dtype_rtol(out_dtype) / 1e-5, F2_OP_MUL));
@@ -640,7 +632,7 @@ static void check_reduce(const char *label, twin x, int dim, int op, int32_t out
     f2_tensor_free(ax), f2_tensor_free(scale);
   }
   /* Determinism: again, and on a fresh copy of x elsewhere in memory. */
-  f2_tensor *again = new_tensor(out_dtype, F2_CUDA, nd, shape), *fresh = new_tensor(x.g->dtype, F2_CUDA, x.g->ndim, x.g->shape);
+  f2_tensor *again = f2t_tensor(out_dtype, F2_CUDA, nd, shape), *fresh = f2t_tensor(x.g->dtype, F2_CUDA, x.g->ndim, x.g->shape);
   CHECK_OK(f2_copy(fresh, x.g));
   CHECK_OK(f2_reduce(again, x.g, dim, op));
   f2_tensor *h1 = host(out.g);
@@ -689,7 +681,7 @@ static void test_reduce(void) {
   twin_free(tv), twin_free(nv), twin_free(base);
   /* Keep the reduced dim as size 1. */
   twin x = twin_rand(F2_F32, 3, (int64_t[]){9, 70, 11}, -1, 1);
-  twin out = twin_of(new_tensor(F2_F32, F2_CPU, 3, (int64_t[]){9, 1, 11}));
+  twin out = twin_of(f2t_tensor(F2_F32, F2_CPU, 3, (int64_t[]){9, 1, 11}));
   CHECK_OK(f2_reduce(out.c, x.c, 1, F2_RED_MEAN));
   CHECK_OK(f2_reduce(out.g, x.g, 1, F2_RED_MEAN));
   compare("reduce mean keepdim [9,70,11] -> [9,1,11]", out.g, out.c, 1e-5, 1e-6, NULL);
@@ -707,7 +699,7 @@ static void test_reduce(void) {
   x = twin_rand(F2_I32, 2, (int64_t[]){40, 3000}, -100000, 100000);
   for (int op = F2_RED_SUM; op <= F2_RED_MIN; op++) {
     int64_t shape[1] = {40};
-    twin o = twin_of(new_tensor(F2_I64, F2_CPU, 1, shape));
+    twin o = twin_of(f2t_tensor(F2_I64, F2_CPU, 1, shape));
     CHECK_OK(f2_reduce(o.c, x.c, 1, op));
     CHECK_OK(f2_reduce(o.g, x.g, 1, op));
     char what[64];
@@ -717,9 +709,9 @@ static void test_reduce(void) {
   }
   twin_free(x);
   /* Over no elements: sum 0, mean NaN. */
-  x = twin_of(new_tensor(F2_F32, F2_CPU, 2, (int64_t[]){0, 5}));
+  x = twin_of(f2t_tensor(F2_F32, F2_CPU, 2, (int64_t[]){0, 5}));
   for (int op = F2_RED_SUM; op <= F2_RED_MEAN; op++) {
-    twin o = twin_of(new_tensor(F2_F32, F2_CPU, 1, (int64_t[]){5}));
+    twin o = twin_of(f2t_tensor(F2_F32, F2_CPU, 1, (int64_t[]){5}));
     CHECK_OK(f2_reduce(o.c, x.c, 0, op));
     CHECK_OK(f2_reduce(o.g, x.g, 0, op));
     compare_bits(op ? "reduce mean over no elements" : "reduce sum over no elements", o.g, o.c);
@@ -729,13 +721,13 @@ static void test_reduce(void) {
   /* 2^33 elements through a broadcast view (one row of x repeated): the 64-bit index path. Values in
    * {-1, 0, 1} keep every partial sum an exactly representable integer, so the result is exact. */
   twin col = twin_rand(F2_F32, 2, (int64_t[]){65536, 1}, -1.5, 1.5);
-  twin colr = twin_of(new_tensor(F2_F32, F2_CPU, 2, (int64_t[]){65536, 1}));
+  twin colr = twin_of(f2t_tensor(F2_F32, F2_CPU, 2, (int64_t[]){65536, 1}));
   CHECK_OK(f2_unary(colr.c, col.c, F2_OP_SIGN)); /* round to -1, 0, 1 */
   CHECK_OK(f2_copy(colr.g, colr.c));
   twin huge = twin_expand(colr, 2, (int64_t[]){65536, 131072});
   double sum = 0, maxv = -2;
   for (int64_t i = 0; i < 65536; i++) sum += get(colr.c, i), maxv = get(colr.c, i) > maxv ? get(colr.c, i) : maxv;
-  f2_tensor *o = new_tensor(F2_F32, F2_CUDA, 1, (int64_t[]){1});
+  f2_tensor *o = f2t_tensor(F2_F32, F2_CUDA, 1, (int64_t[]){1});
   CHECK_OK(f2_reduce(o, huge.g, -1, F2_RED_SUM));
   f2_tensor *h = host(o);
   CHECK(get(h, 0) == 131072.0 * sum, "sum over 2^33 broadcast elements: got %.17g want %.17g", get(h, 0), 131072.0 * sum);
@@ -759,8 +751,8 @@ static void check_matmul(const char *label, twin out, twin a, twin b, int ta, in
   int rc = f2_matmul(out.g, a.g, b.g, ta, tb, alpha, beta);
   CHECK(rc == F2_OK, "%s: %s", label, f2_last_error());
   /* |a| |b| in f32 on the CPU */
-  f2_tensor *aa = new_tensor(F2_F32, F2_CPU, nd, a.c->shape), *ab = new_tensor(F2_F32, F2_CPU, nd, b.c->shape);
-  f2_tensor *bound = new_tensor(F2_F32, F2_CPU, nd, out.c->shape), *t = new_tensor(F2_F32, F2_CPU, nd, out.c->shape);
+  f2_tensor *aa = f2t_tensor(F2_F32, F2_CPU, nd, a.c->shape), *ab = f2t_tensor(F2_F32, F2_CPU, nd, b.c->shape);
+  f2_tensor *bound = f2t_tensor(F2_F32, F2_CPU, nd, out.c->shape), *t = f2t_tensor(F2_F32, F2_CPU, nd, out.c->shape);
   CHECK_OK(f2_unary(aa, a.c, F2_OP_ABS));
   CHECK_OK(f2_unary(ab, b.c, F2_OP_ABS));
   CHECK_OK(f2_matmul(bound, aa, ab, ta, tb, fabsf(alpha), 0));
@@ -877,7 +869,7 @@ static void test_matmul(void) {
   }
   /* K = 0: out = beta * out; beta = 0 clears it even over NaN. */
   for (int k = 0; k < 2; k++) {
-    twin a = twin_of(new_tensor(F2_F32, F2_CPU, 2, (int64_t[]){3, 0})), b = twin_of(new_tensor(F2_F32, F2_CPU, 2, (int64_t[]){0, 4}));
+    twin a = twin_of(f2t_tensor(F2_F32, F2_CPU, 2, (int64_t[]){3, 0})), b = twin_of(f2t_tensor(F2_F32, F2_CPU, 2, (int64_t[]){0, 4}));
     twin o = matmul_out(F2_F32, 2, (int64_t[]){3, 4}, k ? 0.0f : 0.5f);
     CHECK_OK(f2_matmul(o.c, a.c, b.c, 0, 0, 1.0f, k ? 0.0f : 0.5f));
     CHECK_OK(f2_matmul(o.g, a.g, b.g, 0, 0, 1.0f, k ? 0.0f : 0.5f));
@@ -894,7 +886,7 @@ static void test_matmul(void) {
     if (m == 80) first = host(o.g);
     twin_free(o), twin_free(am);
   }
-  f2_tensor *again = new_tensor(F2_F32, F2_CUDA, 2, (int64_t[]){80, 40});
+  f2_tensor *again = f2t_tensor(F2_F32, F2_CUDA, 2, (int64_t[]){80, 40});
   CHECK_OK(f2_matmul(again, a.g, b.g, 0, 0, 1.0f, 0.0f));
   compare_bits("matmul after cache eviction: same bits as the first run", again, first);
   f2_tensor_free(again), f2_tensor_free(first);
@@ -904,7 +896,7 @@ static void test_matmul(void) {
 /* ---------------------------------------------------------------- errors */
 
 static void test_errors(void) {
-  f2_tensor *g = new_tensor(F2_F32, F2_CUDA, 2, (int64_t[]){4, 4}), *c = new_tensor(F2_F32, F2_CPU, 2, (int64_t[]){4, 4});
+  f2_tensor *g = f2t_tensor(F2_F32, F2_CUDA, 2, (int64_t[]){4, 4}), *c = f2t_tensor(F2_F32, F2_CPU, 2, (int64_t[]){4, 4});
   CHECK(f2_binary(g, g, c, F2_OP_ADD) == F2_ERR_ARG, "mixing devices in an op must fail");
   CHECK(strstr(f2_last_error(), "device") != NULL, "message names the devices: %s", f2_last_error());
   CHECK(f2_matmul(g, g, c, 0, 0, 1, 0) == F2_ERR_ARG, "matmul across devices must fail");
@@ -920,7 +912,7 @@ int main(void) {
    * below sees only what the tests themselves hold. */
   {
     twin a = twin_rand(F2_F32, 2, (int64_t[]){8, 8}, -1, 1), x = twin_rand(F2_F32, 1, (int64_t[]){1 << 20}, -1, 1);
-    twin o = twin_of(new_tensor(F2_F32, F2_CPU, 2, (int64_t[]){8, 8}));
+    twin o = twin_of(f2t_tensor(F2_F32, F2_CPU, 2, (int64_t[]){8, 8}));
     check_matmul("warm-up", o, a, a, 0, 0, 1, 0, 1e-5);
     check_reduce("warm-up", x, -1, F2_RED_SUM, F2_F32);
     twin_free(a), twin_free(x), twin_free(o);
