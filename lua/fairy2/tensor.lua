@@ -419,6 +419,24 @@ function Tensor:expand(shape)
   return wrap(C.f2_tensor_expand(h, n, dims), "expand")
 end
 
+-- as_strided(shape, stride[, offset]): a view of this tensor's storage with those sizes and strides (in
+-- elements), from element `offset` (default 0) of this tensor on; it must stay inside the storage.
+function Tensor:as_strided(shape, stride, offset)
+  local h = handle(self)
+  local n = dims_arg(shape, shape_buf, "as_strided")
+  if type(stride) ~= "table" or #stride ~= n then
+    raise("as_strided: expects " .. n .. " strides, got " .. (type(stride) == "table" and #stride or type(stride)))
+  end
+  for i = 1, n do
+    local s = stride[i]
+    if type(s) ~= "number" or s % 1 ~= 0 or s < 0 then
+      raise("as_strided: stride " .. tostring(s) .. " of dim " .. (i - 1) .. " is not a valid stride")
+    end
+    stride_buf[i - 1] = s
+  end
+  return wrap(C.f2_tensor_as_strided(h, n, shape_buf, stride_buf, offset or 0), "as_strided")
+end
+
 -- view(shape): a view or an error; reshape(shape): a view when the layout allows, else a copy.
 function Tensor:view(shape)
   local h = handle(self)

@@ -151,6 +151,14 @@ do
   t.check(r:is_contiguous() and r:numel() == x:numel(), "reshape copies when it must")
   t.check(max_rel_err(r:totable()[2], tr:totable()[1][1][2]) == 0, "reshape keeps the logical order")
 
+  -- as_strided: columns 1..2 of every row of a 3 x 4 tensor (a column slice with the row stride kept).
+  local grid = f2.tensor({ { 1, 2, 3, 4 }, { 5, 6, 7, 8 }, { 9, 10, 11, 12 } })
+  local cols = grid:as_strided({ 3, 2 }, { 4, 1 }, 1):totable()
+  t.check(cols[1][1] == 2 and cols[1][2] == 3 and cols[3][1] == 10 and cols[3][2] == 11, "as_strided with an offset")
+  raises_here(function() grid:as_strided({ 3, 2 }, { 4, 1 }, 11) end, "outside the storage")
+  raises_here(function() grid:as_strided({ 3, 2 }, { 4 }) end, "expects 2 strides")
+  raises_here(function() grid:as_strided({ 3, 2 }, { 4, -1 }) end, "not a valid stride")
+
   local col = f2.tensor({ { 1 }, { 2 } })
   local e = col:expand({ 3, 2, 4 })
   t.check(same_shape(e:shape(), { 3, 2, 4 }) and e:stride()[1] == 0 and e:totable()[3][2][4] == 2, "expand")

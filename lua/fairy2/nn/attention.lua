@@ -54,7 +54,7 @@ end
 -- Heads [B, T, heads, head_dim] at column col of the fused rows y [B*T, width] (a strided view).
 local function heads_view(self, y, B, T, col, heads)
   local width = y:shape()[2]
-  return fused.view(y, { B, T, heads, self.head_dim }, { T * width, width, self.head_dim, 1 }, col)
+  return y:as_strided({ B, T, heads, self.head_dim }, { T * width, width, self.head_dim, 1 }, col)
 end
 
 -- One GEMM for q/k/v; RoPE from its rows into contiguous q and k, v copied out.

@@ -31,16 +31,6 @@ local function addr(t) return ffi.cast("uintptr_t", t.h.data) end
 -- A Fairy2Linear (it has quantize): its GEMM weight is R_hat, kept in the group's stack.
 local function is_fairy2(m) return m.quantize ~= nil end
 
--- A view of t's storage: shape and stride (element counts) from element `offset` of t on (a new
--- handle; f2_tensor_as_strided checks that it stays inside the storage).
-local shape_buf, stride_buf = ffi.new("int64_t[8]"), ffi.new("int64_t[8]")
-function M.view(t, shape, stride, offset)
-  for i = 1, #shape do shape_buf[i - 1], stride_buf[i - 1] = shape[i], stride[i] end
-  local p = C.f2_tensor_as_strided(t.h, #shape, shape_buf, stride_buf, offset or 0)
-  if p == nil then f2.check(-1, "fused view", 3) end
-  return f2.from_handle(p)
-end
-
 -- Whether the tensors (f32, contiguous, views of one storage: separate allocations can sit back to
 -- back too) follow one another in memory, each right after the last.
 local function adjacent(ts)
@@ -150,7 +140,7 @@ function Group:weight(x2)
     local ws = {}
     for i, m in ipairs(self.layers) do ws[i] = m.weight end
     if adjacent(ws) then
-      return M.view(ws[1], { self.total, self.in_features }, { self.in_features, 1 })
+      return ws[1]:as_strided({ self.total, self.in_features }, { self.in_features, 1 })
     end
   end
   local s = self:ensure_stack(dtype, device)
@@ -206,7 +196,7 @@ function Group:backward(dy, into)
     plain = plain and (m.param == nil or m.param == "r")
   end
   if plain and adjacent(grads) then
-    local span = M.view(grads[1], { self.total, self.in_features }, { self.in_features, 1 })
+    local span = grads[1]:as_strided({ self.total, self.in_features }, { self.in_features, 1 })
     f2.check(C.f2_matmul(span.h, dy.h, s.x_in.h, 1, 0, 1, 1), what, 2)
     span:free()
   else
