@@ -485,11 +485,11 @@ __global__ void __launch_bounds__(F2_THREADS) rmsnorm_backward_fast_kernel(
  * and stores with nothing in flight, and the backward adds every dweight term into shared memory (a
  * read-modify-write per element, lanes 8 words apart: 8-way bank conflicts). These keep a fixed grid
  * resident (blocks per SM from the occupancy API: fixed per kernel, shape and device, so every sum
- * still has one order), every row group walks rows r, r + groups, ...; with PF the next row's loads
- * are issued before the current row is computed (a different row: no alias with its stores). The
- * backward's dweight terms stay in registers (a lane owns fixed columns), written to shared memory
- * once per block. Rows are held as loaded (bf16: 8 elements in 4 words) to halve the registers.
- * They take the fast path's shapes up to 1024 elements with the activations all of one dtype (BF). */
+ * still has one order), every row group walks rows r, r + groups, ...; the forward issues the next
+ * row's loads before the current row is computed (a different row: no alias with its stores), the
+ * backward adds its dweight terms into conflict-free shared planes. Rows are held as loaded (bf16: 8
+ * elements in 4 words) to halve the registers. They take the fast path's shapes up to 1024 elements
+ * with the activations all of one dtype (BF). */
 
 /* 8 elements of the activation dtype as loaded: 4 words of bf16 pairs, or 8 f32 words. */
 template <int BF>
@@ -520,7 +520,7 @@ __device__ __forceinline__ void store_raw(void *p, int64_t i, const uint32_t (&v
 /* The forward (with b: sum = a + b first, all of dtype BF): the same arithmetic as
  * rmsnorm_forward_fast_kernel, so the same bits. The row x (a, or the sum rounded to BF) is held as
  * stored: exact, and half the registers for bf16. */
-template <int G, int N, int PF, int BF>
+template <int G, int N, int BF>
 __global__ void __launch_bounds__(F2_THREADS) rmsnorm_forward_pipe_kernel(
     void *out, float *rstd, void *sum, const void *a, const void *b, const void *weight, int w_bf, int64_t rows,
     int64_t dim, float eps) {
@@ -539,11 +539,10 @@ __global__ void __launch_bounds__(F2_THREADS) rmsnorm_forward_pipe_kernel(
       }
     }
   };
-  if (PF) load_row(first + group);
+  load_row(first + group);
   for (int64_t base = first; base < rows; base += groups) {   /* uniform over the block: shuffles */
     int64_t r = base + group;
     bool valid = r < rows;
-    if (!PF) load_row(r);
     uint32_t xr[N][W];
 #pragma unroll
     for (int i = 0; i < N; i++) {
@@ -559,7 +558,7 @@ __global__ void __launch_bounds__(F2_THREADS) rmsnorm_forward_pipe_kernel(
 #pragma unroll
         for (int m = 0; m < W; m++) xr[i][m] = __float_as_uint(raw_at<BF>(ra[i], m) + raw_at<BF>(rb[i], m));
     }
-    if (PF) load_row(r + groups);
+    load_row(r + groups);   /* the next row's loads in flight while this one is computed */
     double ss = 0;
     if (valid) {
 #pragma unroll
@@ -592,68 +591,47 @@ __global__ void __launch_bounds__(F2_THREADS) rmsnorm_forward_pipe_kernel(
   }
 }
 
-/* The backward (dy, x, dx of dtype BF). The row's dot in ACC: double as the fast kernel (fp32 trees
- * of 8 then fp64: the same dx bits), or float (a fixed fp32 tree: trees of 8, vectors in order, the
- * butterfly). With partial: each lane adds its columns' dweight terms of its group's rows, in row
- * order, in registers; at the end the groups' sums go through shared memory (once) and the block adds
- * them in group order into partial[block, dim]. SH trades registers for a third block per SM (bf16):
- * the dweight terms go into the group's shared row as they come (split in two planes of 4-element
- * halves, so a lane's 16-byte accesses are 16 bytes from its neighbours': no bank conflicts), and the
- * dx being accumulated is loaded when its row is started, not prefetched. */
-template <int G, int N, int PF, int BF, typename ACC, int SH>
-__global__ void __launch_bounds__(F2_THREADS, SH && BF ? 3 : BF ? 2 : 1) rmsnorm_backward_pipe_kernel(
+/* The backward (dy, x, dx of dtype BF): the row's dot as the fast kernel computes it (fp32 trees of 8,
+ * then fp64: the same dx bits). With partial, each lane adds its columns' dweight terms of its group's
+ * rows, in row order, into the group's shared row as they come, split in two planes of 4-element halves
+ * (a lane's 16-byte accesses are then 16 bytes from its neighbours': no bank conflicts); at the end the
+ * block adds its groups in group order into partial[block, dim]. That keeps the registers low enough
+ * for three blocks per SM (bf16). */
+template <int G, int N, int BF>
+__global__ void __launch_bounds__(F2_THREADS, BF ? 3 : 1) rmsnorm_backward_pipe_kernel(
     void *dx, float *partial, const void *dy, const void *x, const void *weight, int w_bf, const float *rstd,
     int64_t rows, int64_t dim, int accumulate) {
   constexpr int W = BF ? 4 : 8;
   extern __shared__ __align__(16) float norm_dw_sums[];   /* [groups, dim] when partial */
   const int lane = threadIdx.x % G, group = threadIdx.x / G, per_block = F2_THREADS / G;
   const int64_t vectors = dim / 8, groups = (int64_t)gridDim.x * per_block, first = (int64_t)blockIdx.x * per_block;
-  uint32_t ry[N][W], rx[N][W], ro[N][W];
-  float rs_next = 0.0f, dw[N][8];
-  float *planes = norm_dw_sums + group * dim;   /* SH: [2][dim / 2], elements 0-3 then 4-7 of each vector */
-#pragma unroll
-  for (int i = 0; i < N; i++) {
-#pragma unroll
-    for (int k = 0; k < 8; k++) dw[i][k] = 0.0f;
-    int64_t j = lane + (int64_t)i * G;
-    if (SH && partial && j < vectors) {   /* a lane's own entries: no barrier until the end */
-      *(float4 *)(planes + j * 4) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      *(float4 *)(planes + dim / 2 + j * 4) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
-  }
-  auto load_row = [&](int64_t r) {
-    if (r >= rows) return;
-    rs_next = rstd[r];
+  float *planes = norm_dw_sums + group * dim;   /* [2][dim / 2], elements 0-3 then 4-7 of each vector */
+  if (partial)
 #pragma unroll
     for (int i = 0; i < N; i++) {
       int64_t j = lane + (int64_t)i * G;
-      if (j < vectors) {
-        load_raw<BF>(dy, r * dim + j * 8, ry[i]);
-        load_raw<BF>(x, r * dim + j * 8, rx[i]);
-        if (!SH && accumulate) load_raw<BF>(dx, r * dim + j * 8, ro[i]);
+      if (j < vectors) {   /* a lane's own entries: no barrier until the end */
+        *(float4 *)(planes + j * 4) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        *(float4 *)(planes + dim / 2 + j * 4) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       }
     }
-  };
-  if (PF) load_row(first + group);
   for (int64_t base = first; base < rows; base += groups) {   /* uniform over the block: shuffles */
     int64_t r = base + group;
     bool valid = r < rows;
-    if (!PF) load_row(r);
     uint32_t cy[N][W], cx[N][W], co[N][W];
-    float rs = rs_next;
-#pragma unroll
-    for (int i = 0; i < N; i++)
-#pragma unroll
-      for (int k = 0; k < W; k++) cy[i][k] = ry[i][k], cx[i][k] = rx[i][k], co[i][k] = ro[i][k];
-    if (PF) load_row(r + groups);
-    if (SH && accumulate && valid)
+    float rs = 0.0f;
+    double dot = 0;
+    if (valid) {
+      rs = rstd[r];
 #pragma unroll
       for (int i = 0; i < N; i++) {
         int64_t j = lane + (int64_t)i * G;
-        if (j < vectors) load_raw<BF>(dx, r * dim + j * 8, co[i]);
+        if (j < vectors) {
+          load_raw<BF>(dy, r * dim + j * 8, cy[i]);
+          load_raw<BF>(x, r * dim + j * 8, cx[i]);
+          if (accumulate) load_raw<BF>(dx, r * dim + j * 8, co[i]);
+        }
       }
-    ACC dot = 0;
-    if (valid) {
 #pragma unroll
       for (int i = 0; i < N; i++) {
         int64_t j = lane + (int64_t)i * G;
@@ -664,23 +642,22 @@ __global__ void __launch_bounds__(F2_THREADS, SH && BF ? 3 : BF ? 2 : 1) rmsnorm
           for (int k = 0; k < 8; k++) {
             float xhat = raw_at<BF>(cx[i], k) * rs, g = raw_at<BF>(cy[i], k);
             terms[k] = g * xhat;
-            if (!SH && partial) dw[i][k] += terms[k];
             t[k] = (g * w[k]) * xhat;
           }
-          if (SH && partial) {
+          if (partial) {
             float4 *lo = (float4 *)(planes + j * 4), *hi = (float4 *)(planes + dim / 2 + j * 4);
             float4 l = *lo, h = *hi;
             l.x += terms[0], l.y += terms[1], l.z += terms[2], l.w += terms[3];
             h.x += terms[4], h.y += terms[5], h.z += terms[6], h.w += terms[7];
             *lo = l, *hi = h;
           }
-          dot += (ACC)tree8(t);
+          dot += (double)tree8(t);
         }
       }
     }
     dot = group_sum<G>(dot);
     if (!valid) continue;
-    float mean = (float)(dot / (ACC)dim);
+    float mean = (float)(dot / (double)dim);
 #pragma unroll
     for (int i = 0; i < N; i++) {
       int64_t j = lane + (int64_t)i * G;
@@ -697,20 +674,9 @@ __global__ void __launch_bounds__(F2_THREADS, SH && BF ? 3 : BF ? 2 : 1) rmsnorm
     }
   }
   if (partial) {
-    if (!SH)
-#pragma unroll
-      for (int i = 0; i < N; i++) {
-        int64_t j = lane + (int64_t)i * G;
-        if (j < vectors) {
-          float4 *p = (float4 *)(norm_dw_sums + group * dim + j * 8);
-          p[0] = make_float4(dw[i][0], dw[i][1], dw[i][2], dw[i][3]);
-          p[1] = make_float4(dw[i][4], dw[i][5], dw[i][6], dw[i][7]);
-        }
-      }
     __syncthreads();
     for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
-      /* SH: element k of vector j sits in plane k / 4 at j * 4 + k % 4 */
-      int64_t at = SH ? (d & 4 ? dim / 2 : 0) + (d >> 3) * 4 + (d & 3) : d;
+      int64_t at = (d & 4 ? dim / 2 : 0) + (d >> 3) * 4 + (d & 3);   /* element d%8 of vector d/8, in its plane */
       float total = 0.0f;
       for (int grp = 0; grp < per_block; grp++) total += norm_dw_sums[grp * dim + at];
       partial[blockIdx.x * dim + d] = total;
@@ -1131,11 +1097,11 @@ int resident_blocks(const char *name, K kernel, size_t smem, ResidentCache &cach
   return F2_OK;
 }
 
-template <int G, int N, int PF, int BF>
+template <int G, int N, int BF>
 int launch_rmsnorm_forward_pipe(f2_tensor *sum, f2_tensor *out, f2_tensor *rstd, const f2_tensor *a,
                                 const f2_tensor *b, const f2_tensor *weight, int64_t rows, int64_t dim, float eps) {
   static ResidentCache cache;
-  auto kernel = rmsnorm_forward_pipe_kernel<G, N, PF, BF>;
+  auto kernel = rmsnorm_forward_pipe_kernel<G, N, BF>;
   const int64_t per_block = F2_THREADS / G;
   int64_t blocks = 0;
   F2_TRY(resident_blocks("rmsnorm_forward_pipe_kernel", kernel, 0, cache, &blocks));
@@ -1147,13 +1113,13 @@ int launch_rmsnorm_forward_pipe(f2_tensor *sum, f2_tensor *out, f2_tensor *rstd,
   return F2_OK;
 }
 
-template <int G, int N, int PF, int BF, typename ACC, int SH>
+template <int G, int N, int BF>
 int launch_rmsnorm_backward_pipe(f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy, const f2_tensor *x,
                                  const f2_tensor *weight, const f2_tensor *rstd, int64_t rows, int64_t dim,
                                  int accumulate) {
   static ResidentCache cache;
   cudaStream_t stream = f2_cuda_stream();
-  auto kernel = rmsnorm_backward_pipe_kernel<G, N, PF, BF, ACC, SH>;
+  auto kernel = rmsnorm_backward_pipe_kernel<G, N, BF>;
   const int64_t per_block = F2_THREADS / G;
   size_t smem = dweight ? (size_t)(per_block * dim) * sizeof(float) : 0;   /* <= 32 KiB: G N 8 >= dim */
   int64_t blocks = 0;
@@ -1177,24 +1143,16 @@ template <int G, int N>
 int rmsnorm_forward_variant(bool bf, f2_tensor *sum, f2_tensor *out, f2_tensor *rstd,
                             const f2_tensor *a, const f2_tensor *b, const f2_tensor *weight, int64_t rows,
                             int64_t dim, float eps) {
-#define F2_NN_FWD_PIPE(PF) \
-  return bf ? launch_rmsnorm_forward_pipe<G, N, PF, 1>(sum, out, rstd, a, b, weight, rows, dim, eps) \
-            : launch_rmsnorm_forward_pipe<G, N, PF, 0>(sum, out, rstd, a, b, weight, rows, dim, eps)
-  F2_NN_FWD_PIPE(1);
-#undef F2_NN_FWD_PIPE
+  return bf ? launch_rmsnorm_forward_pipe<G, N, 1>(sum, out, rstd, a, b, weight, rows, dim, eps)
+            : launch_rmsnorm_forward_pipe<G, N, 0>(sum, out, rstd, a, b, weight, rows, dim, eps);
 }
 
 template <int G, int N>
 int rmsnorm_backward_variant(bool bf, f2_tensor *dx, f2_tensor *dweight, const f2_tensor *dy,
                              const f2_tensor *x, const f2_tensor *weight, const f2_tensor *rstd, int64_t rows,
                              int64_t dim, int accumulate) {
-#define F2_NN_BWD_PIPE(PF, ACC, SH)                                                                           \
-  return bf ? launch_rmsnorm_backward_pipe<G, N, PF, 1, ACC, SH>(dx, dweight, dy, x, weight, rstd, rows, dim, \
-                                                                 accumulate)                                  \
-            : launch_rmsnorm_backward_pipe<G, N, PF, 0, ACC, SH>(dx, dweight, dy, x, weight, rstd, rows, dim, \
-                                                                 accumulate)
-  F2_NN_BWD_PIPE(0, double, 1);
-#undef F2_NN_BWD_PIPE
+  return bf ? launch_rmsnorm_backward_pipe<G, N, 1>(dx, dweight, dy, x, weight, rstd, rows, dim, accumulate)
+            : launch_rmsnorm_backward_pipe<G, N, 0>(dx, dweight, dy, x, weight, rstd, rows, dim, accumulate);
 }
 
 /* The forward with (sum, a, b) or (a = x, no b). */
