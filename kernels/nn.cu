@@ -1332,22 +1332,37 @@ extern "C" int f2_cuda_rope_tables(f2_tensor *cos_table, f2_tensor *sin_table, c
   return F2_OK;
 }
 
+/* Elements a thread of an elementwise row kernel takes, for rows of cols contiguous elements whose starts
+ * sit ld elements apart in each operand: 8 (16-byte bf16 accesses) when every operand keeps each
+ * thread's elements aligned (to their size, at most 16 bytes), else 4 when that holds for 4, else 1. */
+struct vec_operand {
+  const void *data;
+  int64_t size, ld;   /* element size in bytes; row stride in elements */
+};
+static int vec_width(int64_t cols, const vec_operand *ops, int n) {
+  for (int v = 8; v >= 4; v /= 2) {
+    bool ok = cols % v == 0;
+    for (int i = 0; i < n && ok; i++) {
+      const int64_t bytes = v * ops[i].size;
+      ok = (uintptr_t)ops[i].data % (bytes < 16 ? bytes : 16) == 0 && ops[i].ld % v == 0;
+    }
+    if (ok) return v;
+  }
+  return 1;
+}
+
 /* out and x come from the dispatch with strides {T*ld, ld, Dh, 1} (nn_cpu.c: rope_layout). */
 extern "C" int f2_cuda_rope(f2_tensor *out, const f2_tensor *x, const f2_tensor *cos_table, const f2_tensor *sin_table,
                             float sign) {
   int64_t seq = x->shape[1], heads = x->shape[2], half = x->shape[3] / 2, rows = x->shape[0] * seq * heads;
   int64_t ldx = x->stride[1], ldo = out->stride[1];
   if (rows * half == 0) return F2_OK;
-  /* Pairs a thread takes: 8 (16-byte bf16 accesses) when every head row's halves start 16-byte aligned,
-   * else 4 when 4-aligned, else 1. */
-  int v = 1;
-  for (int w = 8; w > 1 && v == 1; w /= 2) {
-    const int64_t bx = w * f2_dtype_size(x->dtype), bo = w * f2_dtype_size(out->dtype);
-    if (half % w == 0 && ldx % w == 0 && ldo % w == 0 && (uintptr_t)x->data % (bx < 16 ? bx : 16) == 0 &&
-        (uintptr_t)out->data % (bo < 16 ? bo : 16) == 0 && (uintptr_t)cos_table->data % 16 == 0 &&
-        (uintptr_t)sin_table->data % 16 == 0)
-      v = w;
-  }
+  /* Pairs a thread takes: the rows are the head rows' halves of x and out and the tables' rows. */
+  const vec_operand ops[4] = {{x->data, (int64_t)f2_dtype_size(x->dtype), ldx},
+                              {out->data, (int64_t)f2_dtype_size(out->dtype), ldo},
+                              {cos_table->data, 4, half},
+                              {sin_table->data, 4, half}};
+  const int v = vec_width(half, ops, 4);
 #define F2_ROPE(V) \
   rope_kernel<V><<<f2_blocks(rows * half / V, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>( \
       out->data, is_bf16(out), x->data, is_bf16(x), (const float *)cos_table->data, \
@@ -1364,19 +1379,12 @@ extern "C" int f2_cuda_rope(f2_tensor *out, const f2_tensor *x, const f2_tensor 
 }
 
 /* The SwiGLU operands come from the dispatch as 2-D [rows, cols] with strides {ld, 1} (nn_cpu.c:
- * rows_layout; all contiguous: one row). Elements a thread takes: 8 (16-byte bf16 accesses) when every
- * row start is 8-aligned and 16-byte aligned, else 4 when 4-aligned, else 1. */
+ * rows_layout; all contiguous: one row, whose stride does not matter). */
 static int swiglu_width(int64_t cols, const f2_tensor *const *t, int n) {
-  for (int v = 8; v > 1; v /= 2) {
-    bool ok = cols % v == 0;
-    for (int i = 0; i < n; i++) {
-      const int64_t bytes = (int64_t)v * f2_dtype_size(t[i]->dtype);
-      ok = ok && (uintptr_t)t[i]->data % (bytes < 16 ? bytes : 16) == 0 &&
-           (t[i]->shape[0] <= 1 || t[i]->stride[0] % v == 0);
-    }
-    if (ok) return v;
-  }
-  return 1;
+  vec_operand ops[5];
+  for (int i = 0; i < n; i++)
+    ops[i] = {t[i]->data, (int64_t)f2_dtype_size(t[i]->dtype), t[i]->shape[0] <= 1 ? 0 : t[i]->stride[0]};
+  return vec_width(cols, ops, n);
 }
 
 extern "C" int f2_cuda_swiglu_forward(f2_tensor *out, const f2_tensor *gate, const f2_tensor *up) {
