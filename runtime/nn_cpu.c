@@ -31,18 +31,22 @@ const char *f2_shape_str(const f2_tensor *t, char *buf, size_t size) {
   return buf;
 }
 
-/* Every tensor argument passes here: present, contiguous, of an accepted dtype. */
-int f2_check_arg(const char *op, const char *name, const f2_tensor *t, int kind) {
+/* Every tensor argument passes here: present, contiguous (optional for row-strided arguments, which check
+ * their layout apart), of an accepted dtype. */
+static int check_arg(const char *op, const char *name, const f2_tensor *t, int kind, int contiguous) {
   if (!t) return F2_FAIL(F2_ERR_ARG, "%s: %s is NULL", op, name);
   if (t->device != F2_CPU && t->device != F2_CUDA)
     return F2_FAIL(F2_ERR_ARG, "%s: %s has unknown device %d", op, name, (int)t->device);
-  if (!f2_tensor_is_contiguous(t)) return F2_FAIL(F2_ERR_ARG, "%s: %s must be contiguous", op, name);
+  if (contiguous && !f2_tensor_is_contiguous(t)) return F2_FAIL(F2_ERR_ARG, "%s: %s must be contiguous", op, name);
   int ok = kind == FLOAT ? (t->dtype == F2_F32 || t->dtype == F2_BF16)
            : kind == F32_ONLY ? t->dtype == F2_F32 : t->dtype == F2_I32;
   if (!ok)
     return F2_FAIL(F2_ERR_ARG, "%s: %s has dtype %s, expected %s", op, name, f2_dtype_name(t->dtype),
                    kind == FLOAT ? "f32 or bf16" : kind == F32_ONLY ? "f32" : "i32");
   return F2_OK;
+}
+int f2_check_arg(const char *op, const char *name, const f2_tensor *t, int kind) {
+  return check_arg(op, name, t, kind, 1);
 }
 /* Short local names for the shared checks (f2_internal.h), used on nearly every line below. */
 static int arg(const char *op, const char *name, const f2_tensor *t, int kind) { return f2_check_arg(op, name, t, kind); }
@@ -306,11 +310,7 @@ int f2_rope_tables(f2_tensor *cos_table, f2_tensor *sin_table, const f2_tensor *
  * dims), consecutive rows *row_stride elements apart (its leading dims collapse to that one stride),
  * which is >= inner. */
 static int row_strided(const char *op, const char *name, const f2_tensor *t, int64_t inner, int64_t *row_stride) {
-  if (!t) return F2_FAIL(F2_ERR_ARG, "%s: %s is NULL", op, name);
-  if (t->device != F2_CPU && t->device != F2_CUDA)
-    return F2_FAIL(F2_ERR_ARG, "%s: %s has unknown device %d", op, name, (int)t->device);
-  if (t->dtype != F2_F32 && t->dtype != F2_BF16)
-    return F2_FAIL(F2_ERR_ARG, "%s: %s has dtype %s, expected f32 or bf16", op, name, f2_dtype_name(t->dtype));
+  F2_TRY(check_arg(op, name, t, FLOAT, 0));
   int d = t->ndim - 1, ok = 1;
   int64_t prod = 1;
   for (; d >= 0 && prod < inner; d--) { /* the trailing dims: contiguous */
