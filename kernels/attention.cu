@@ -372,12 +372,8 @@ bwd_dkdv_tc(void *dk, int32_t dk_dtype, void *dv, int32_t dv_dtype, float *__res
       const int64_t off = ((int64_t)b * T * H + h) * D + (int64_t)m0 * qld;
       load_tile<BM, D, NT>(sQ + buf * BM * SD, q + off, qld, T - m0);
       load_tile<BM, D, NT>(sO + buf * BM * SD, dout + off, qld, T - m0);
-      for (int i = threadIdx.x; i < BM; i += NT) {
-        const int t = m0 + i;
-        const int64_t at = ((int64_t)b * H + h) * T + (t < T ? t : 0);
-        cp_async4(sL + buf * BM + i, lse + at, t < T);
-        cp_async4(sD + buf * BM + i, dvec + at, t < T);
-      }
+      const int64_t bh = ((int64_t)b * H + h) * T;
+      stage_row_stats<BM, NT>(sL + buf * BM, sD + buf * BM, lse + bh, dvec + bh, m0, T);
     };
 
     load_tile<BN, D, NT>(sK, kb + (int64_t)n0 * kld, kld, T - n0);

@@ -48,6 +48,18 @@ __device__ __forceinline__ void store2(void *base, int32_t dtype, int64_t off, f
     *(float2 *)((float *)base + off) = make_float2(a, b);
 }
 
+/* lse and D of query rows m0 .. m0+BM-1 of one (batch, head), whose rows sit at lse_bh[t], dvec_bh[t], into
+ * sL, sD by cp.async: 0 past T (where the causal mask zeroes P anyway). The dK/dV kernels' staging. */
+template <int BM, int NT>
+__device__ __forceinline__ void stage_row_stats(float *sL, float *sD, const float *lse_bh, const float *dvec_bh,
+                                                int m0, int T) {
+  for (int i = threadIdx.x; i < BM; i += NT) {
+    const int t = m0 + i;
+    cp_async4(sL + i, lse_bh + (t < T ? t : 0), t < T);
+    cp_async4(sD + i, dvec_bh + (t < T ? t : 0), t < T);
+  }
+}
+
 /* ---------------------------------------------------------------- host side */
 
 struct dims {

@@ -147,12 +147,8 @@ dkdv_wg(void *dk, int32_t dk_dtype, void *dv, int32_t dv_dtype, const uint16_t *
       const int64_t off = ((int64_t)b * T * H + h) * D + (int64_t)m0 * qld;
       load_core<BM, D, NT>(sQ + buf * BM * D, q + off, qld, T - m0);
       load_core<BM, D, NT>(sO + buf * BM * D, dout + off, qld, T - m0);
-      for (int i = threadIdx.x; i < BM; i += NT) {
-        const int t = m0 + i;
-        const int64_t at = ((int64_t)b * H + h) * T + (t < T ? t : 0);
-        cp_async4(sL + buf * BM + i, lse + at, t < T);
-        cp_async4(sD + buf * BM + i, dvec + at, t < T);
-      }
+      const int64_t bh = ((int64_t)b * H + h) * T;
+      stage_row_stats<BM, NT>(sL + buf * BM, sD + buf * BM, lse + bh, dvec + bh, m0, T);
     };
 
     load_core<BN, D, NT>(sK, kb + (int64_t)n0 * kld, kld, T - n0);
