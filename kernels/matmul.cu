@@ -6,7 +6,11 @@
  * out^T = op(b)^T op(a)^T; any view whose rows or columns are contiguous maps without a copy. */
 #include <cublasLt.h>
 
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "f2_cuda.cuh"
 
@@ -73,11 +77,15 @@ struct Key {
   uint32_t align_a, align_b, align_c, align_d;   /* c: the addend, d: the output */
   int64_t m, n, k, lda, ldb, ldc, batch, stride_a, stride_b, stride_c;
 };
+const int kCandidates = 8;   /* heuristic algorithms timed per problem (algorithm choice, below) */
 struct Plan {
   Key key;
   cublasLtMatmulDesc_t desc;
   cublasLtMatrixLayout_t a, b, c;
   cublasLtMatmulAlgo_t algo;
+  cublasLtMatmulAlgo_t candidates[kCandidates];   /* the heuristic's first ones, best guess first */
+  int n_candidates;
+  bool chosen;   /* algo is final (chosen by timing, from the cache, or tuning is off) */
 };
 const int kPlans = 64;
 Plan plans[kPlans];
@@ -125,16 +133,18 @@ int build_plan(Plan *p, const Key &k) {
   cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
   for (int i = 0; i < 4 && s == CUBLAS_STATUS_SUCCESS; i++)
     s = cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i], sizeof aligns[i]);
-  cublasLtMatmulHeuristicResult_t result = {};
+  cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
   int found = 0;
   if (s == CUBLAS_STATUS_SUCCESS)
-    s = cublasLtMatmulAlgoGetHeuristic(handle, p->desc, p->a, p->b, p->c, p->c, pref, 1, &result, &found);
+    s = cublasLtMatmulAlgoGetHeuristic(handle, p->desc, p->a, p->b, p->c, p->c, pref, kCandidates, results, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   F2_CUBLAS_CHECK(s);
-  if (found < 1)
+  for (int i = 0; i < found; i++)
+    if (results[i].state == CUBLAS_STATUS_SUCCESS) p->candidates[p->n_candidates++] = results[i].algo;
+  if (p->n_candidates < 1)
     return F2_FAIL(F2_ERR_UNSUPPORTED, "cuBLASLt has no algorithm for m=%lld n=%lld k=%lld batch=%lld (types %d,%d->%d)",
                    (long long)k.m, (long long)k.n, (long long)k.k, (long long)k.batch, k.a_type, k.b_type, k.c_type);
-  p->algo = result.algo;
+  p->algo = p->candidates[0];
   return F2_OK;
 }
 
@@ -176,6 +186,198 @@ struct Temp {
   }
 };
 
+/* ---------------------------------------------------------------- algorithm choice
+ * cuBLASLt's heuristic puts a good algorithm first, not the fastest: on an H200 the best of its first
+ * eight beats the first by 5-12% on SmolLM2's fused projections (docs/performance.md). So the first call
+ * of each problem (outside a graph capture) times the first kCandidates on the call's own operands and
+ * keeps the fastest. Different algorithms round differently, and a choice by timing could differ between
+ * runs, so every choice goes to a cache file per card (F2_GEMM_CACHE, default
+ * $XDG_CACHE_HOME/fairy2/gemm-algos.tsv or ~/.cache/fairy2/gemm-algos.tsv; lines "card<TAB>cuBLASLt
+ * version<TAB>problem (hex)<TAB>index"), read back by later runs: after the first run on a card the
+ * same problem always gets the same algorithm, and the results the same bits. F2_GEMM_TUNE=0: the
+ * heuristic's first, as before (no timing, no file). Lines for other cards or library versions are kept
+ * and skipped; malformed ones are reported once and skipped. */
+struct Choice {
+  Key key;
+  int index;
+};
+struct Choices {
+  bool loaded;
+  int n, cap;
+  Choice *items;
+  char card[320];   /* this GPU: name, SM count, compute capability; then the cuBLASLt version */
+  char path[1024];
+};
+Choices choices;
+
+bool tuning_enabled() {
+  const char *e = getenv("F2_GEMM_TUNE");
+  return !(e && e[0] == '0' && e[1] == 0);
+}
+
+void cache_path(char *out, size_t size) {
+  const char *e = getenv("F2_GEMM_CACHE"), *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+  if (e && *e) snprintf(out, size, "%s", e);
+  else if (xdg && *xdg) snprintf(out, size, "%s/fairy2/gemm-algos.tsv", xdg);
+  else if (home && *home) snprintf(out, size, "%s/.cache/fairy2/gemm-algos.tsv", home);
+  else out[0] = 0;
+}
+
+void key_hex(const Key &k, char *out) {   /* 2 sizeof(Key) + 1 chars */
+  const unsigned char *b = (const unsigned char *)&k;
+  for (size_t i = 0; i < sizeof k; i++) snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+int remember(const Key &k, int index) {
+  if (choices.n == choices.cap) {
+    int cap = choices.cap ? 2 * choices.cap : 64;
+    Choice *p = (Choice *)realloc(choices.items, (size_t)cap * sizeof *p);
+    if (!p) return F2_FAIL(F2_ERR_MEM, "matmul: out of host memory for the algorithm choices");
+    choices.items = p, choices.cap = cap;
+  }
+  choices.items[choices.n++] = {k, index};
+  return F2_OK;
+}
+
+/* The card's identity and the choices the cache file holds for it (once per process). */
+int load_choices() {
+  if (choices.loaded) return F2_OK;
+  choices.loaded = true;
+  int dev = 0;
+  cudaDeviceProp prop;
+  F2_CUDA_CHECK(cudaGetDevice(&dev));
+  F2_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  for (char *c = prop.name; *c; c++)
+    if (*c == '\t' || *c == '\n') *c = ' ';
+  snprintf(choices.card, sizeof choices.card, "%s sm%d%d x%d\t%zu", prop.name, prop.major, prop.minor,
+           prop.multiProcessorCount, cublasLtGetVersion());
+  cache_path(choices.path, sizeof choices.path);
+  FILE *f = choices.path[0] ? fopen(choices.path, "r") : nullptr;
+  if (!f) return F2_OK;   /* none yet */
+  char line[2048], hex[2 * sizeof(Key) + 1];
+  const size_t card_len = strlen(choices.card);
+  int line_no = 0, bad = 0;
+  while (fgets(line, sizeof line, f)) {
+    line_no++;
+    if (strncmp(line, choices.card, card_len) != 0 || line[card_len] != '\t') continue;   /* another card */
+    const char *p = line + card_len + 1, *tab = strchr(p, '\t');
+    char *end = nullptr;
+    long index = tab ? strtol(tab + 1, &end, 10) : -1;
+    Key k;
+    bool ok = tab && (size_t)(tab - p) == 2 * sizeof k && end != tab + 1 && (*end == '\n' || *end == 0) &&
+              index >= 0 && index < kCandidates;
+    unsigned char *kb = (unsigned char *)&k;
+    for (size_t i = 0; ok && i < sizeof k; i++) {
+      memcpy(hex, p + 2 * i, 2);
+      hex[2] = 0;
+      char *e2;
+      unsigned long v = strtoul(hex, &e2, 16);
+      ok = e2 == hex + 2;
+      kb[i] = (unsigned char)v;
+    }
+    if (!ok) {
+      if (!bad++)
+        fprintf(stderr, "fairy2: GEMM algorithm cache %s line %d is malformed; skipped (delete the file to start over)\n",
+                choices.path, line_no);
+      continue;
+    }
+    F2_TRY(remember(k, (int)index));
+  }
+  fclose(f);
+  return F2_OK;
+}
+
+/* Appends a choice to the cache file (creating its directory); a file that cannot be written only
+ * costs the next run a new timing. */
+void save_choice(const Key &k, int index) {
+  if (!choices.path[0]) return;
+  char dir[1024];
+  snprintf(dir, sizeof dir, "%s", choices.path);
+  for (char *s = dir + 1; *s; s++)   /* mkdir -p of the directories */
+    if (*s == '/') {
+      *s = 0;
+      if (mkdir(dir, 0755) != 0 && errno != EEXIST) return;
+      *s = '/';
+    }
+  FILE *f = fopen(choices.path, "a");
+  if (!f) return;
+  char hex[2 * sizeof(Key) + 1];
+  key_hex(k, hex);
+  fprintf(f, "%s\t%s\t%d\n", choices.card, hex, index);
+  fclose(f);
+}
+
+/* Times each candidate on these operands (one warm-up, then 5 calls between events) and returns the
+ * fastest's index. D is written (the real call follows); when C is D and beta is not 0 the calls
+ * would accumulate into it, so they write a scratch copy of D's span instead. */
+int time_candidates(Plan *p, const View &first, const View &second, const View &c, const View &d, float alpha,
+                    float beta, int *best) {
+  void *scratch = nullptr;
+  const void *c_data = c.data;
+  void *d_data = d.data;
+  cudaStream_t st = f2_cuda_stream();
+  if (beta != 0.0f && c.data == d.data) {
+    const size_t bytes = (size_t)(p->key.ldc * (d.cols - 1) + d.rows +
+                                  (p->key.batch > 1 ? p->key.stride_c * (p->key.batch - 1) : 0)) *
+                         f2_dtype_size(d.dtype);
+    F2_TRY(f2_cuda_alloc(&scratch, bytes));
+    if (cudaMemsetAsync(scratch, 0, bytes, st) != cudaSuccess) {
+      f2_cuda_free(scratch);
+      return F2_FAIL(F2_ERR_CUDA, "matmul: clearing the timing scratch failed");
+    }
+    c_data = d_data = scratch;
+  }
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  int rc = F2_OK;
+  float best_ms = 0;
+  *best = 0;
+  if (cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess)
+    rc = F2_FAIL(F2_ERR_CUDA, "matmul: creating timing events failed");
+  for (int i = 0; rc == F2_OK && i < p->n_candidates; i++) {
+    auto call = [&] {
+      return cublasLtMatmul(handle, p->desc, &alpha, first.data, p->a, second.data, p->b, &beta, c_data, p->c, d_data,
+                            p->c, &p->candidates[i], workspace, kWorkspaceBytes, st);
+    };
+    if (call() != CUBLAS_STATUS_SUCCESS) continue;   /* not runnable after all: not a candidate */
+    cudaEventRecord(e0, st);
+    bool ok = true;
+    for (int r = 0; r < 5 && ok; r++) ok = call() == CUBLAS_STATUS_SUCCESS;
+    cudaEventRecord(e1, st);
+    float ms = 0;
+    if (cudaEventSynchronize(e1) != cudaSuccess || cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess) {
+      rc = F2_FAIL(F2_ERR_CUDA, "matmul: timing cuBLASLt algorithms failed: %s", cudaGetErrorString(cudaGetLastError()));
+      break;
+    }
+    if (ok && (i == 0 || ms < best_ms)) best_ms = ms, *best = i;
+  }
+  if (e0) cudaEventDestroy(e0);
+  if (e1) cudaEventDestroy(e1);
+  if (scratch) f2_cuda_free(scratch);
+  return rc;
+}
+
+/* Sets p->algo for good (see above). While a graph is being captured nothing can be timed: the
+ * heuristic's first runs and the choice waits for an eager call. */
+int choose_algo(Plan *p, const View &first, const View &second, const View &c, const View &d, float alpha,
+                float beta) {
+  if (!tuning_enabled() || p->n_candidates == 1) return p->chosen = true, F2_OK;
+  F2_TRY(load_choices());
+  for (int i = 0; i < choices.n; i++)
+    if (memcmp(&choices.items[i].key, &p->key, sizeof p->key) == 0) {
+      if (choices.items[i].index < p->n_candidates) p->algo = p->candidates[choices.items[i].index];
+      return p->chosen = true, F2_OK;
+    }
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(f2_cuda_stream(), &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone)
+    return F2_OK;
+  int best = 0;
+  F2_TRY(time_candidates(p, first, second, c, d, alpha, beta, &best));
+  p->algo = p->candidates[best];
+  F2_TRY(remember(p->key, best));
+  save_choice(p->key, best);
+  return p->chosen = true, F2_OK;
+}
+
 /* D = alpha first @ second + beta C, with D column-major (layout op N) and C of D's layout (C may be D). */
 int run(const View &first, const View &second, const View &c, const View &d, int64_t batch, float alpha,
         float beta) {
@@ -194,6 +396,7 @@ int run(const View &first, const View &second, const View &c, const View &d, int
   if (batch > 1) k.stride_a = first.batch_stride, k.stride_b = second.batch_stride, k.stride_c = d.batch_stride;
   Plan *p;
   F2_TRY(get_plan(k, &p));
+  if (!p->chosen) F2_TRY(choose_algo(p, first, second, c, d, alpha, beta));
   F2_CUBLAS_CHECK(cublasLtMatmul(handle, p->desc, &alpha, first.data, p->a, second.data, p->b, &beta, c.data, p->c,
                                  d.data, p->c, &p->algo, workspace, kWorkspaceBytes, f2_cuda_stream()));
   return F2_OK;

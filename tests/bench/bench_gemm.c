@@ -1,6 +1,7 @@
 /* bench_gemm.c — the linear layers' GEMMs of a SmolLM2-135M training step (8 x 2048 tokens), one row per
- * shape: f2_matmul as the model calls it (cuBLASLt, the heuristic's first algorithm, cached plan) against
- * the fastest of cuBLASLt's first 8 heuristic algorithms for the same problem, timed the same way. Also the
+ * shape: f2_matmul as the model calls it (cuBLASLt, cached plan, the algorithm matmul.cu chose: timed on
+ * first use, or from the F2_GEMM_CACHE file; F2_GEMM_TUNE=0 for the heuristic's first) against cuBLASLt's
+ * first heuristic algorithm and the fastest of its first 8 for the same problem, timed the same way. Also the
  * fused shapes (q/k/v as one [960 x 576] weight, gate/up as one [3072 x 576]) beside the separate ones, so
  * the table says what fusing saves. Mean of 20 back-to-back calls (host clock, synchronized); TFLOP/s =
  * 2 m n k / time. Skips (exit 77) without a GPU. */
