@@ -26,6 +26,11 @@ int f2_cuda_rope(f2_tensor *o, const f2_tensor *x, const f2_tensor *c, const f2_
   (void)o, (void)x, (void)c, (void)s, (void)sign;
   return NO_CUDA("RoPE");
 }
+int f2_cuda_qkv_rope(f2_tensor *y, f2_tensor *q, f2_tensor *k, f2_tensor *v, const f2_tensor *c, const f2_tensor *s,
+                     int64_t ldy, int merge) {
+  (void)y, (void)q, (void)k, (void)v, (void)c, (void)s, (void)ldy, (void)merge;
+  return NO_CUDA("RoPE");
+}
 int f2_cuda_swiglu_forward(f2_tensor *o, const f2_tensor *g, const f2_tensor *u) { (void)o, (void)g, (void)u; return NO_CUDA("SwiGLU"); }
 int f2_cuda_swiglu_backward(f2_tensor *dg, f2_tensor *du, const f2_tensor *d, const f2_tensor *g, const f2_tensor *u) {
   (void)dg, (void)du, (void)d, (void)g, (void)u;

@@ -262,6 +262,14 @@ int f2_rope_tables(f2_tensor *cos_table, f2_tensor *sin_table, const f2_tensor *
  * inside a fused q/k/v projection's rows); other overlaps of out and x are undefined. */
 int f2_rope_forward(f2_tensor *out, const f2_tensor *x, const f2_tensor *cos_table, const f2_tensor *sin_table);
 int f2_rope_backward(f2_tensor *dx, const f2_tensor *dout, const f2_tensor *cos_table, const f2_tensor *sin_table);
+/* A fused q/k/v projection's rows y[B*T, (H + 2 Hkv) Dh] (q's heads, then k's, then v's; y may be
+ * row-strided) into contiguous q[B,T,H,Dh] and k[B,T,Hkv,Dh], rotated as f2_rope_forward, and v[B,T,Hkv,Dh]
+ * copied: one pass instead of two RoPEs and a copy. The backward writes dq and dk rotated back and dv
+ * into the rows of dy. One dtype (f32 or bf16) for every tensor but the tables. */
+int f2_qkv_rope_forward(f2_tensor *q, f2_tensor *k, f2_tensor *v, const f2_tensor *y, const f2_tensor *cos_table,
+                        const f2_tensor *sin_table);
+int f2_qkv_rope_backward(f2_tensor *dy, const f2_tensor *dq, const f2_tensor *dk, const f2_tensor *dv,
+                         const f2_tensor *cos_table, const f2_tensor *sin_table);
 
 /* Causal attention with grouped KV heads: q/out[B,T,H,Dh], k/v[B,T,Hkv,Dh], H a multiple of Hkv, query
  * head h reads KV head h / (H/Hkv); softmax(scale * q k^T) v. lse[B,H,T] (log-sum-exp of the scaled

@@ -128,6 +128,9 @@ int f2_cuda_rmsnorm_backward(f2_tensor *dx, f2_tensor *dweight, const f2_tensor 
 int f2_cuda_rope_tables(f2_tensor *cos_table, f2_tensor *sin_table, const f2_tensor *inv_freq);
 /* sign +1 forward, -1 backward. */
 int f2_cuda_rope(f2_tensor *out, const f2_tensor *x, const f2_tensor *cos_table, const f2_tensor *sin_table, float sign);
+/* y's rows ldy elements apart; merge 0: y -> q, k, v (forward), 1: q, k, v -> y (backward). */
+int f2_cuda_qkv_rope(f2_tensor *y, f2_tensor *q, f2_tensor *k, f2_tensor *v, const f2_tensor *cos_table,
+                     const f2_tensor *sin_table, int64_t ldy, int merge);
 int f2_cuda_swiglu_forward(f2_tensor *out, const f2_tensor *gate, const f2_tensor *up);
 int f2_cuda_swiglu_backward(f2_tensor *dgate, f2_tensor *dup, const f2_tensor *dout, const f2_tensor *gate,
                             const f2_tensor *up);

@@ -349,14 +349,25 @@ static f2_tensor rows_layout(const f2_tensor *t, int64_t rows, int64_t cols, int
   return v;
 }
 
+/* cos and sin: f32 tables of at least seq positions of half = head_dim/2 entries. */
+static int rope_tables_cover(const char *op, const f2_tensor *cos_table, const f2_tensor *sin_table, int64_t seq,
+                             int64_t half) {
+  F2_TRY(arg(op, "cos", cos_table, F32_ONLY));
+  F2_TRY(arg(op, "sin", sin_table, F32_ONLY));
+  if (cos_table->ndim != 2 || cos_table->shape[1] != half || cos_table->shape[0] < seq) {
+    char got[128];
+    return F2_FAIL(F2_ERR_ARG, "%s: cos has shape %s, expected at least %lld positions of head_dim/2 = %lld", op,
+                   f2_shape_str(cos_table, got, sizeof got), (long long)seq, (long long)half);
+  }
+  return shape_is(op, "sin", sin_table, 2, cos_table->shape);
+}
+
 /* out and x are [B,T,H,Dh], each with its (b, t) rows of H*Dh elements at its own row stride (a
  * contiguous tensor, or a view of the heads inside a fused projection's rows). */
 static int rope(const char *op, f2_tensor *out, const f2_tensor *x, const f2_tensor *cos_table,
                 const f2_tensor *sin_table, float sign) {
   if (!x) return F2_FAIL(F2_ERR_ARG, "%s: x is NULL", op);
   if (!out) return F2_FAIL(F2_ERR_ARG, "%s: out is NULL", op);
-  F2_TRY(arg(op, "cos", cos_table, F32_ONLY));
-  F2_TRY(arg(op, "sin", sin_table, F32_ONLY));
   if (x->ndim != 4) return F2_FAIL(F2_ERR_ARG, "%s: x must be 4-D [batch, seq, heads, head_dim], has %d dims", op, (int)x->ndim);
   int64_t batch = x->shape[0], seq = x->shape[1], heads = x->shape[2], hd = x->shape[3], half = hd / 2;
   if (hd % 2) return F2_FAIL(F2_ERR_ARG, "%s: head_dim %lld is odd", op, (long long)hd);
@@ -364,12 +375,7 @@ static int rope(const char *op, f2_tensor *out, const f2_tensor *x, const f2_ten
   int64_t ldx = 0, ldo = 0;
   F2_TRY(row_strided(op, "x", x, heads * hd, &ldx));
   F2_TRY(row_strided(op, "out", out, heads * hd, &ldo));
-  if (cos_table->ndim != 2 || cos_table->shape[1] != half || cos_table->shape[0] < seq) {
-    char got[128];
-    return F2_FAIL(F2_ERR_ARG, "%s: cos has shape %s, expected at least %lld positions of head_dim/2 = %lld", op,
-                   f2_shape_str(cos_table, got, sizeof got), (long long)seq, (long long)half);
-  }
-  F2_TRY(shape_is(op, "sin", sin_table, 2, cos_table->shape));
+  F2_TRY(rope_tables_cover(op, cos_table, sin_table, seq, half));
   int gpu = 0;
   F2_TRY(ONE_DEVICE(op, &gpu, out, x, cos_table, sin_table));
   if (gpu) {
@@ -397,6 +403,74 @@ int f2_rope_forward(f2_tensor *out, const f2_tensor *x, const f2_tensor *cos_tab
 /* The rotation is orthogonal: its gradient is the rotation by the opposite angle. */
 int f2_rope_backward(f2_tensor *dx, const f2_tensor *dout, const f2_tensor *cos_table, const f2_tensor *sin_table) {
   return rope("f2_rope_backward", dx, dout, cos_table, sin_table, -1.0f);
+}
+
+/* q/k/v out of (merge 0) or into (merge 1) a fused projection's rows y: f2_qkv_rope_forward/backward. The
+ * CPU path is rope()'s arithmetic on each q and k head and a copy of each v head. */
+static int qkv_rope(const char *op, f2_tensor *y, f2_tensor *q, f2_tensor *k, f2_tensor *v,
+                    const f2_tensor *cos_table, const f2_tensor *sin_table, int merge) {
+  const char *names[4] = {merge ? "dy" : "y", merge ? "dq" : "q", merge ? "dk" : "k", merge ? "dv" : "v"};
+  f2_tensor *t[4] = {y, q, k, v};
+  for (int i = 1; i < 4; i++) F2_TRY(check_arg(op, names[i], t[i], FLOAT, 1));
+  F2_TRY(check_arg(op, names[0], y, FLOAT, 0));
+  if (q->ndim != 4)
+    return F2_FAIL(F2_ERR_ARG, "%s: %s must be 4-D [batch, seq, heads, head_dim], has %d dims", op, names[1], (int)q->ndim);
+  const int64_t B = q->shape[0], T = q->shape[1], H = q->shape[2], Dh = q->shape[3], half = Dh / 2;
+  if (Dh % 2) return F2_FAIL(F2_ERR_ARG, "%s: head_dim %lld is odd", op, (long long)Dh);
+  if (k->ndim != 4 || k->shape[0] != B || k->shape[1] != T || k->shape[3] != Dh) {
+    char got[128];
+    return F2_FAIL(F2_ERR_ARG, "%s: %s has shape %s, expected [%lld, %lld, kv_heads, %lld]", op, names[2],
+                   f2_shape_str(k, got, sizeof got), (long long)B, (long long)T, (long long)Dh);
+  }
+  const int64_t Hkv = k->shape[2], W = (H + 2 * Hkv) * Dh;
+  F2_TRY(shape_is(op, names[3], v, 4, k->shape));
+  F2_TRY(rows_cols(op, names[0], y, B * T, W));
+  int64_t ldy = 0;
+  F2_TRY(row_strided(op, names[0], y, W, &ldy));
+  for (int i = 1; i < 4; i++)
+    if (t[i]->dtype != y->dtype)
+      return F2_FAIL(F2_ERR_ARG, "%s: %s is %s but %s is %s (one dtype)", op, names[i], f2_dtype_name(t[i]->dtype),
+                     names[0], f2_dtype_name(y->dtype));
+  F2_TRY(rope_tables_cover(op, cos_table, sin_table, T, half));
+  int gpu = 0;
+  F2_TRY(ONE_DEVICE(op, &gpu, y, q, k, v, cos_table, sin_table));
+  if (B * T * W == 0) return F2_OK;
+  if (gpu) return F2_PROFILED("qkv_rope", f2_cuda_qkv_rope(y, q, k, v, cos_table, sin_table, ldy, merge));
+  const float sign = merge ? -1.0f : 1.0f;
+#pragma omp parallel for schedule(static) if (B * T * W >= PARALLEL_MIN)
+  for (int64_t bt = 0; bt < B * T; bt++)
+    for (int64_t h = 0; h < H + 2 * Hkv; h++) {
+      const int64_t t_pos = bt % T, yb = bt * ldy + h * Dh;
+      f2_tensor *part = h < H ? q : h < H + Hkv ? k : v;
+      const int64_t ph = h < H ? h : h < H + Hkv ? h - H : h - H - Hkv, pb = (bt * part->shape[2] + ph) * Dh;
+      f2_tensor *dst = merge ? y : part;
+      const f2_tensor *src = merge ? part : y;
+      const int64_t sb = merge ? pb : yb, db = merge ? yb : pb;
+      for (int64_t i = 0; i < half; i++) {
+        float x1 = ld(src, sb + i), x2 = ld(src, sb + i + half);
+        if (h < H + Hkv) {
+          float c = F32(cos_table)[t_pos * half + i], sn = sign * F32(sin_table)[t_pos * half + i];
+          st(dst, db + i, x1 * c - x2 * sn);
+          st(dst, db + i + half, x2 * c + x1 * sn);
+        } else {
+          st(dst, db + i, x1);
+          st(dst, db + i + half, x2);
+        }
+      }
+    }
+  return F2_OK;
+}
+
+int f2_qkv_rope_forward(f2_tensor *q, f2_tensor *k, f2_tensor *v, const f2_tensor *y, const f2_tensor *cos_table,
+                        const f2_tensor *sin_table) {
+  if (!y) return F2_FAIL(F2_ERR_ARG, "f2_qkv_rope_forward: y is NULL");
+  return qkv_rope("f2_qkv_rope_forward", (f2_tensor *)y, q, k, v, cos_table, sin_table, 0);
+}
+
+int f2_qkv_rope_backward(f2_tensor *dy, const f2_tensor *dq, const f2_tensor *dk, const f2_tensor *dv,
+                         const f2_tensor *cos_table, const f2_tensor *sin_table) {
+  return qkv_rope("f2_qkv_rope_backward", dy, (f2_tensor *)dq, (f2_tensor *)dk, (f2_tensor *)dv, cos_table, sin_table,
+                  1);
 }
 
 /* ---------------------------------------------------------------- causal GQA attention

@@ -1,4 +1,4 @@
-/* test_gpu_nn_strided.c — RoPE and SwiGLU of kernels/nn.cu on row-strided views (the column slices of a
+/* test_gpu_nn_strided.c — RoPE, the fused q/k/v RoPE and SwiGLU of kernels/nn.cu on row-strided views (the column slices of a
  * fused q/k/v or gate/up projection's rows, as nn/fused.lua makes them) against the CPU reference on the
  * same views: strided inputs, strided outputs inside a sentinel-filled buffer (compared whole, so a write
  * outside the view shows), in place over the fused buffer, contiguous operands too; f32 and bf16; odd
@@ -136,6 +136,50 @@ static void rope_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hk
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) f2_tensor_free(all[i]);
 }
 
+/* f2_qkv_rope_forward/backward: Y [B*T, W] (the heads' columns a view when padded) into q, k, v and back
+ * into a sentinel-filled Y (compared whole: the pad columns must stay as they were), GPU against CPU. */
+static void qkv_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t Dh, int64_t pad) {
+  char what[200];
+  int64_t W = (H + 2 * Hkv) * Dh + pad, ys[2] = {B * T, W}, half = Dh / 2;
+  int64_t rows[2] = {B * T, W - pad}, rs[2] = {W, 1}, ts[2] = {T + 2, half}, is = half;
+  int64_t qs[4] = {B, T, H, Dh}, ks[4] = {B, T, Hkv, Dh};
+  f2_tensor *inv = f2t_tensor(F2_F32, F2_CPU, 1, &is);
+  for (int64_t i = 0; i < half; i++) ((float *)inv->data)[i] = (float)pow(10000.0, -2.0 * (double)i / (double)Dh);
+  f2_tensor *cs = f2t_tensor(F2_F32, F2_CPU, 2, ts), *sn = f2t_tensor(F2_F32, F2_CPU, 2, ts);
+  CHECK_OK(f2_rope_tables(cs, sn, inv));
+  f2_tensor *cs_g = on(F2_CUDA, cs), *sn_g = on(F2_CUDA, sn);
+  f2_tensor *y = randn(dtype, 2, ys), *y_g = on(F2_CUDA, y);
+  f2_tensor *yv = view(y, 2, rows, rs, 0), *yv_g = view(y_g, 2, rows, rs, 0);
+  f2_tensor *q = f2t_tensor(dtype, F2_CPU, 4, qs), *k = f2t_tensor(dtype, F2_CPU, 4, ks), *v = f2t_tensor(dtype, F2_CPU, 4, ks);
+  f2_tensor *q_g = f2t_tensor(dtype, F2_CUDA, 4, qs), *k_g = f2t_tensor(dtype, F2_CUDA, 4, ks), *v_g = f2t_tensor(dtype, F2_CUDA, 4, ks);
+  f2_tensor *q_g2 = f2t_tensor(dtype, F2_CUDA, 4, qs);
+  f2_tensor *k_g2 = f2t_tensor(dtype, F2_CUDA, 4, ks), *v_g2 = f2t_tensor(dtype, F2_CUDA, 4, ks);
+  CHECK_OK(f2_qkv_rope_forward(q, k, v, yv, cs, sn));
+  CHECK_OK(f2_qkv_rope_forward(q_g, k_g, v_g, yv_g, cs_g, sn_g));
+  CHECK_OK(f2_qkv_rope_forward(q_g2, k_g2, v_g2, yv_g, cs_g, sn_g));
+  snprintf(what, sizeof what, "qkv_rope forward [%lld,%lld] heads %lld/%lld x %lld pad %lld %s", (long long)B,
+           (long long)T, (long long)H, (long long)Hkv, (long long)Dh, (long long)pad, dn(dtype));
+  compare(q_g, q, rtol_of(dtype), atol_of(dtype), what);
+  compare(k_g, k, rtol_of(dtype), atol_of(dtype), what);
+  compare(v_g, v, 0, 0, what);   /* a copy: exact */
+  same_bits(q_g, q_g2, what);
+  same_bits(k_g, k_g2, what);
+  /* backward from the CPU's q, k, v (the same gradients on both sides) */
+  f2_tensor *dq_g = on(F2_CUDA, q), *dk_g = on(F2_CUDA, k), *dv_g = on(F2_CUDA, v);
+  f2_tensor *dy = f2t_tensor(dtype, F2_CPU, 2, ys), *dy_g = f2t_tensor(dtype, F2_CUDA, 2, ys);
+  CHECK_OK(f2_fill(dy, 7.0));
+  CHECK_OK(f2_fill(dy_g, 7.0));
+  f2_tensor *dyv = view(dy, 2, rows, rs, 0), *dyv_g = view(dy_g, 2, rows, rs, 0);
+  CHECK_OK(f2_qkv_rope_backward(dyv, q, k, v, cs, sn));
+  CHECK_OK(f2_qkv_rope_backward(dyv_g, dq_g, dk_g, dv_g, cs_g, sn_g));
+  snprintf(what, sizeof what, "qkv_rope backward [%lld,%lld] heads %lld/%lld x %lld pad %lld %s (whole rows)",
+           (long long)B, (long long)T, (long long)H, (long long)Hkv, (long long)Dh, (long long)pad, dn(dtype));
+  compare(dy_g, dy, rtol_of(dtype), atol_of(dtype), what);
+  f2_tensor *all[] = {inv, cs, sn, cs_g, sn_g, y, y_g, yv, yv_g, q, k, v, q_g, k_g, v_g, q_g2, k_g2, v_g2,
+                      dq_g, dk_g, dv_g, dy, dy_g, dyv, dyv_g};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) f2_tensor_free(all[i]);
+}
+
 /* ---------------------------------------------------------------- SwiGLU */
 
 /* Y [B, R, 2I + pad]: gate = columns 0..I-1, up = I..2I-1. */
@@ -225,6 +269,10 @@ int main(void) {
     rope_case(dt, 1, 1, 1, 1, 2, 1);       /* one row */
     rope_case(dt, 2, 257, 9, 3, 64, 0);    /* SmolLM2's heads */
     rope_case(dt, 1, 65, 32, 8, 128, 0);   /* Qwen3-4B's heads */
+    qkv_case(dt, 2, 5, 3, 1, 8, 0);        /* 4-wide path */
+    qkv_case(dt, 2, 3, 4, 2, 6, 5);        /* half = 3, padded: scalar path */
+    qkv_case(dt, 4, 257, 9, 3, 64, 0);     /* SmolLM2's heads: 8-wide path */
+    qkv_case(dt, 1, 33, 32, 8, 128, 8);    /* Qwen3-4B's heads, padded by 8 */
     swiglu_case(dt, 1, 7, 48, 0);
     swiglu_case(dt, 2, 33, 13, 0);         /* odd I: scalar path */
     swiglu_case(dt, 3, 5, 64, 5);          /* padded: odd row stride */

@@ -1,4 +1,4 @@
-/* test_nn_strided.c — RoPE and SwiGLU on row-strided views (the column slices of a fused q/k/v or
+/* test_nn_strided.c — RoPE, the fused q/k/v RoPE and SwiGLU on row-strided views (the column slices of a fused q/k/v or
  * gate/up projection's rows) on the CPU: the same bits as on contiguous copies of the views, in place
  * and out of place, f32 and bf16, odd sizes; what lies outside an output view is left alone; layouts
  * that are not rows at one stride are refused with a clear message. Fresh random inputs (seed printed). */
@@ -154,6 +154,71 @@ static void rope_refusals(void) {
   f2_tensor_free(out_small), f2_tensor_free(bad2), f2_tensor_free(bad3), f2_tensor_free(bad4);
 }
 
+/* f2_qkv_rope_forward/backward on Y [B*T, W]: the same bits as two RoPEs on the q and k views and a copy
+ * of the v view (forward), and as the RoPE backwards into the views plus a copy (backward, into a
+ * sentinel-filled wide buffer whose pad columns stay untouched). */
+static void qkv_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t Dh, int64_t pad) {
+  char what[160];
+  snprintf(what, sizeof what, "qkv_rope [%lld,%lld] heads %lld+%lld+%lld x %lld pad %lld %s", (long long)B,
+           (long long)T, (long long)H, (long long)Hkv, (long long)Hkv, (long long)Dh, (long long)pad, f2_dtype_name(dtype));
+  int64_t W = (H + 2 * Hkv) * Dh + pad, ys[2] = {B * T, W}, half = Dh / 2;
+  int64_t rows[2] = {B * T, W - pad}, row_stride[2] = {W, 1};   /* the heads' columns of each row */
+  f2_tensor *y = randn(dtype, 2, ys), *yr = view(y, 2, rows, row_stride, 0);
+  int64_t ts[2] = {T + 1, half}, is = half;
+  f2_tensor *inv = new_tensor(F2_F32, 1, &is), *cs = new_tensor(F2_F32, 2, ts), *sn = new_tensor(F2_F32, 2, ts);
+  for (int64_t i = 0; i < half; i++) ((float *)inv->data)[i] = (float)pow(10000.0, -2.0 * (double)i / (double)Dh);
+  CHECK_OK(f2_rope_tables(cs, sn, inv));
+  int64_t qs[4] = {B, T, H, Dh}, ks[4] = {B, T, Hkv, Dh}, stride[4] = {T * W, W, Dh, 1};
+  f2_tensor *yq = view(y, 4, qs, stride, 0), *yk = view(y, 4, ks, stride, H * Dh), *yv = view(y, 4, ks, stride, (H + Hkv) * Dh);
+  f2_tensor *q = new_tensor(dtype, 4, qs), *k = new_tensor(dtype, 4, ks), *v = new_tensor(dtype, 4, ks);
+  f2_tensor *rq = new_tensor(dtype, 4, qs), *rk = new_tensor(dtype, 4, ks), *rv = new_tensor(dtype, 4, ks);
+  CHECK_OK(f2_qkv_rope_forward(q, k, v, yr, cs, sn));
+  CHECK_OK(f2_rope_forward(rq, yq, cs, sn));
+  CHECK_OK(f2_rope_forward(rk, yk, cs, sn));
+  CHECK_OK(f2_copy(rv, yv));
+  CHECK(same_bits(q, rq, what) && same_bits(k, rk, what) && same_bits(v, rv, what), "%s: forward", what);
+  /* backward from q, k, v as the gradients */
+  f2_tensor *dy = new_tensor(dtype, 2, ys), *ref = new_tensor(dtype, 2, ys);
+  fill_bits(dy, 0x5d);
+  fill_bits(ref, 0x5d);
+  f2_tensor *dyr = view(dy, 2, rows, row_stride, 0);
+  CHECK_OK(f2_qkv_rope_backward(dyr, q, k, v, cs, sn));
+  f2_tensor *dq = view(ref, 4, qs, stride, 0), *dk = view(ref, 4, ks, stride, H * Dh), *dv = view(ref, 4, ks, stride, (H + Hkv) * Dh);
+  CHECK_OK(f2_rope_backward(dq, q, cs, sn));
+  CHECK_OK(f2_rope_backward(dk, k, cs, sn));
+  CHECK_OK(f2_copy(dv, v));
+  CHECK(same_bits(dy, ref, what), "%s: backward (whole rows, pad included)", what);
+  f2_tensor *all[] = {y, yr, inv, cs, sn, yq, yk, yv, q, k, v, rq, rk, rv, dy, dyr, ref, dq, dk, dv};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) f2_tensor_free(all[i]);
+}
+
+static void qkv_refusals(void) {
+  int64_t B = 2, T = 3, H = 2, Hkv = 1, Dh = 4, W = (H + 2 * Hkv) * Dh, ys[2] = {B * T, W};
+  int64_t qs[4] = {B, T, H, Dh}, ks[4] = {B, T, Hkv, Dh}, ts[2] = {T, Dh / 2};
+  f2_tensor *y = randn(F2_F32, 2, ys), *q = new_tensor(F2_F32, 4, qs), *k = new_tensor(F2_F32, 4, ks);
+  f2_tensor *v = new_tensor(F2_F32, 4, ks), *vb = new_tensor(F2_BF16, 4, ks);
+  f2_tensor *cs = new_tensor(F2_F32, 2, ts), *sn = new_tensor(F2_F32, 2, ts);
+  CHECK_OK(f2_fill(cs, 1.0));
+  CHECK_OK(f2_fill(sn, 0.0));
+  CHECK(f2_qkv_rope_forward(q, k, vb, y, cs, sn) == F2_ERR_ARG && strstr(f2_last_error(), "one dtype"),
+        "qkv_rope: mixed dtypes refused: %s", f2_last_error());
+  int64_t narrow[2] = {B * T, W - Dh};
+  f2_tensor *y2 = randn(F2_F32, 2, narrow);
+  CHECK(f2_qkv_rope_forward(q, k, v, y2, cs, sn) == F2_ERR_ARG && strstr(f2_last_error(), "y has shape"),
+        "qkv_rope: y narrower than the heads refused: %s", f2_last_error());
+  int64_t k2s[4] = {B, T, Hkv, Dh + 2};
+  f2_tensor *k2 = new_tensor(F2_F32, 4, k2s);
+  CHECK(f2_qkv_rope_backward(y, q, k2, v, cs, sn) == F2_ERR_ARG && strstr(f2_last_error(), "dk has shape"),
+        "qkv_rope: dk of another head_dim refused: %s", f2_last_error());
+  int64_t short_t[2] = {T - 1, Dh / 2};
+  f2_tensor *cs2 = new_tensor(F2_F32, 2, short_t);
+  CHECK(f2_qkv_rope_forward(q, k, v, y, cs2, cs2) == F2_ERR_ARG && strstr(f2_last_error(), "positions"),
+        "qkv_rope: tables too short refused: %s", f2_last_error());
+  CHECK(f2_qkv_rope_forward(q, k, v, NULL, cs, sn) == F2_ERR_ARG, "qkv_rope: NULL y refused");
+  f2_tensor *all[] = {y, q, k, v, vb, cs, sn, y2, k2, cs2};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) f2_tensor_free(all[i]);
+}
+
 /* ---------------------------------------------------------------- SwiGLU */
 
 /* Y [rows, 2I (+ pad)]: gate = columns 0..I-1, up = I..2I-1, as the fused gate/up projection writes
@@ -225,6 +290,7 @@ static void swiglu_refusals(void) {
 
 int main(void) {
   seed_counter = f2t_seed();
+  qkv_refusals();
   const int32_t dtypes[2] = {F2_F32, F2_BF16};
   for (int d = 0; d < 2; d++) {
     int32_t dt = dtypes[d];
@@ -233,6 +299,9 @@ int main(void) {
     rope_case(dt, 3, 3, 2, 2, 6, 0);      /* half = 3 */
     rope_case(dt, 2, 9, 4, 2, 16, 3);     /* padded rows: an odd row stride */
     rope_case(dt, 1, 1, 1, 1, 2, 1);      /* one row */
+    qkv_case(dt, 2, 5, 3, 1, 8, 0);
+    qkv_case(dt, 1, 7, 9, 3, 64, 0);      /* SmolLM2's heads */
+    qkv_case(dt, 2, 3, 4, 2, 6, 5);       /* half = 3, padded rows */
     swiglu_case(dt, 1, 7, 48, 0);
     swiglu_case(dt, 2, 33, 13, 0);        /* odd I */
     swiglu_case(dt, 3, 5, 64, 5);         /* padded */

@@ -51,27 +51,17 @@ local function qkv_group(self, x)
   return g and g:accepts(x) and g or nil
 end
 
--- Heads [B, T, heads, head_dim] at column col of the fused rows y [B*T, width] (a strided view).
-local function heads_view(self, y, B, T, col, heads)
-  local width = y:shape()[2]
-  return y:as_strided({ B, T, heads, self.head_dim }, { T * width, width, self.head_dim, 1 }, col)
-end
-
--- One GEMM for q/k/v; RoPE from its rows into contiguous q and k, v copied out.
+-- One GEMM for q/k/v; one pass from its rows into contiguous q and k (rotated) and v.
 local function project_fused(self, g, x, B, T)
   local x2 = x:view({ B * T, x:shape()[3] })
   local y = g:forward(x2)
   local hd, opts = self.head_dim, { dtype = x:dtype(), device = x:device() }
   local q = f2.empty({ B, T, self.heads, hd }, opts)
   local k, v = f2.empty({ B, T, self.kv_heads, hd }, opts), f2.empty({ B, T, self.kv_heads, hd }, opts)
-  local qv, kv = heads_view(self, y, B, T, 0, self.heads), heads_view(self, y, B, T, self.heads * hd, self.kv_heads)
-  local vv = heads_view(self, y, B, T, (self.heads + self.kv_heads) * hd, self.kv_heads)
   self.rotary:ensure(T)
-  local cos, sin = self.rotary.cos.h, self.rotary.sin.h
-  f2.check(C.f2_rope_forward(q.h, qv.h, cos, sin), "Attention:forward (RoPE q)", 3)
-  f2.check(C.f2_rope_forward(k.h, kv.h, cos, sin), "Attention:forward (RoPE k)", 3)
-  f2.check(C.f2_copy(v.h, vv.h), "Attention:forward (v)", 3)
-  for _, t in ipairs { qv, kv, vv, y } do t:free() end
+  f2.check(C.f2_qkv_rope_forward(q.h, k.h, v.h, y.h, self.rotary.cos.h, self.rotary.sin.h),
+    "Attention:forward (q/k/v RoPE)", 3)
+  y:free()
   return q, k, v
 end
 
@@ -127,17 +117,12 @@ function Attention:backward(x, dy)
     self.scale), "Attention:backward", 2)
   for _, t in ipairs { dout, out4, s.q, s.k, s.v, s.lse } do t:free() end
   if s.group then
-    -- The three gradients into one stacked gradient (RoPE's backward writes its q and k columns), then
-    -- the group's one dX and one dW GEMM.
-    local hd = self.head_dim
+    -- The three gradients into one stacked gradient in one pass (q and k rotated back), then the
+    -- group's one dX and one dW GEMM.
     local dy3 = f2.empty({ B * T, s.group.total }, opts)
-    local dqv, dkv = heads_view(self, dy3, B, T, 0, self.heads), heads_view(self, dy3, B, T, self.heads * hd, self.kv_heads)
-    local dvv = heads_view(self, dy3, B, T, (self.heads + self.kv_heads) * hd, self.kv_heads)
-    local cos, sin = self.rotary.cos.h, self.rotary.sin.h
-    f2.check(C.f2_rope_backward(dqv.h, dq.h, cos, sin), "Attention:backward (RoPE q)", 2)
-    f2.check(C.f2_rope_backward(dkv.h, dk.h, cos, sin), "Attention:backward (RoPE k)", 2)
-    f2.check(C.f2_copy(dvv.h, dv.h), "Attention:backward (v)", 2)
-    for _, t in ipairs { dqv, dkv, dvv, dq, dk, dv } do t:free() end
+    f2.check(C.f2_qkv_rope_backward(dy3.h, dq.h, dk.h, dv.h, self.rotary.cos.h, self.rotary.sin.h),
+      "Attention:backward (q/k/v RoPE)", 2)
+    for _, t in ipairs { dq, dk, dv } do t:free() end
     local dx = s.group:backward(dy3)
     dy3:free()
     return dx:as(shape)
