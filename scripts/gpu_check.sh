@@ -9,6 +9,7 @@ out=${2:-$build/gpu-logs}
 mkdir -p "$out"
 build=$(cd "$build" && pwd)
 export F2_BIN=$build/fairy2 F2_LIB=$build/libfairy2.so F2_SOURCE_DIR=$PWD F2_BUILD_DIR=$build
+export F2_GEMM_CACHE=${F2_GEMM_CACHE:-$out/gemm-algos.tsv}   # the GEMM algorithm choices of this check, not ~/.cache's
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 "$F2_BIN" --version | tee -a "$out/gpu.txt"
 
