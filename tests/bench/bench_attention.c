@@ -11,6 +11,8 @@
  * timing, each variant runs forward and backward on B=1 T=333 with the shape's heads against the CPU
  * reference: the max error over out, dq, dk, dv relative to each one's max |ref| is printed (BAD above
  * 2e-2). A variant index past the list ends it.
+ * Last, in the same run, PyTorch's scaled_dot_product_attention at the same shapes under each fused
+ * backend it has (tests/bench/attention_torch.py, from the repository root; F2_BENCH_TORCH=0 skips it).
  * Usage: bench_attention [samples (20)] */
 #include <math.h>
 #include <stdio.h>
@@ -256,6 +258,15 @@ int main(int argc, char **argv) {
     check_free(&chk);
     f2_tensor *all[] = {x.q, x.k, x.v, x.dout, x.out, x.lse, x.dq, x.dk, x.dv};
     for (size_t j = 0; j < sizeof all / sizeof *all; j++) f2_tensor_free(all[j]);
+  }
+  /* PyTorch's own fused attention at the same shapes, for the side-by-side table (F2_BENCH_TORCH=0: not). */
+  const char *torch = getenv("F2_BENCH_TORCH");
+  if (!torch || strcmp(torch, "0") != 0) {
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "python3 tests/bench/attention_torch.py %d", samples);
+    printf("\n");
+    fflush(stdout);
+    if (system(cmd) != 0) printf("PyTorch SDPA: %s failed (run from the repository root)\n", cmd);
   }
   return 0;
 }
