@@ -7,6 +7,11 @@ the mean of back-to-back calls, TFLOP/s counted as bench_attention counts them (
 2*2*B*H*T*T*Dh/2, backward 2.5x that). q, k, v are contiguous [B, heads, T, Dh]. A backend that refuses
 a shape prints why and the next one runs.
 
+When NVIDIA's cuDNN frontend for Python is importable (`pip install nvidia-cudnn-frontend`, optional), its
+SDPA ops run too: forward, and backward in its default and its deterministic mode
+(`use_deterministic_algorithm`), each backward run twice to say whether the two runs' bits agree, since
+fairy2's rule is a deterministic backward.
+
 Usage: python3 tests/bench/attention_torch.py [samples (20)]   (bench_attention runs it at its end)
 """
 import statistics
@@ -78,9 +83,38 @@ def main():
                 continue
             print("%-18s %-9s %-14s %9.3f %9.1f" % (name, "forward", label, f_ms, flops / (f_ms * 1e9)))
             print("%-18s %-9s %-14s %9.3f %9.1f" % (name, "backward", label, b_ms, 2.5 * flops / (b_ms * 1e9)))
+        cudnn_frontend_rows(torch, name, q, k, v, dout, D, flops, calls, timed)
         del q, k, v, dout
         torch.cuda.empty_cache()
     return 0
+
+
+def cudnn_frontend_rows(torch, name, q, k, v, dout, D, flops, calls, timed):
+    """The cuDNN frontend's SDPA ops (torch.ops.cudnn.sdpa_fwd / sdpa_bwd) when the package is there."""
+    try:
+        import cudnn  # noqa: F401  (registers torch.ops.cudnn)
+        import cudnn.sdpa.fwd.torch_op  # noqa: F401
+        fwd_op, bwd_op = torch.ops.cudnn.sdpa_fwd, torch.ops.cudnn.sdpa_bwd
+    except Exception as e:
+        if name.startswith("SmolLM2 8x2048"):
+            print("cuDNN frontend: skipped (%s)" % (str(e).splitlines()[0][:80] if str(e) else type(e).__name__))
+        return
+    scale = 1.0 / D ** 0.5
+    qd, kd, vd, dd = (t.detach() for t in (q, k, v, dout))
+    try:
+        f_ms = timed(lambda: fwd_op(qd, kd, vd, scale, is_causal=True, return_lse=True), calls)
+        o, lse = fwd_op(qd, kd, vd, scale, is_causal=True, return_lse=True)
+        print("%-18s %-9s %-14s %9.3f %9.1f" % (name, "forward", "cuDNN FE", f_ms, flops / (f_ms * 1e9)))
+        for det in (False, True):
+            bwd = lambda: bwd_op(dd, qd, kd, vd, o, lse, scale, is_causal=True, is_deterministic=det)
+            b_ms = timed(bwd, calls)
+            a, b = bwd(), bwd()
+            same = all(torch.equal(x, y) for x, y in zip(a, b))
+            label = "cuDNN FE det" if det else "cuDNN FE"
+            print("%-18s %-9s %-14s %9.3f %9.1f   two runs %s" % (name, "backward", label, b_ms,
+                                                            2.5 * flops / (b_ms * 1e9), "bit-equal" if same else "DIFFER"))
+    except Exception as e:
+        print("%-18s %-9s %-14s failed: %s" % (name, "-", "cuDNN FE", str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__))
 
 
 if __name__ == "__main__":
