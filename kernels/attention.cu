@@ -920,6 +920,8 @@ extern "C" int f2_cuda_attention_forward(f2_tensor *out, f2_tensor *lse, const f
   F2_TRY(check_sizes(op, d));
   const f2_tensor *in[] = {q, k, v}, *outs[] = {out, lse};
   if (use_tc(d, in, 3, outs, 2)) {
+    const int taken = cudnn_forward(out, lse, q, k, v, d, scale);
+    if (taken) return taken < 0 ? taken : F2_OK;
     attn_variant var;
     F2_TRY(read_variant(op, d.D, &var));
     if (d.D == 64) return launch_fwd_variant<64>(var.fwd, out, lse, q, k, v, d, scale);
@@ -966,6 +968,12 @@ extern "C" int f2_cuda_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tenso
   dims d = dims_of(q, k);
   if (d.B * d.H * d.T == 0) return F2_OK;
   F2_TRY(check_sizes(op, d));
+  const f2_tensor *in[] = {q, k, v, dout}, *outs[] = {dq, dk, dv};
+  if (use_tc(d, in, 4, outs, 3)) {
+    const bwd_args a = {dq, dk, dv, dout, q, k, v, (const float *)lse->data, nullptr, d, scale, f2_cuda_stream()};
+    const int taken = cudnn_backward(a, out);
+    if (taken) return taken < 0 ? taken : F2_OK;
+  }
   int64_t rows = d.B * d.T * d.H;
   float *dvec = nullptr;
   F2_TRY(f2_cuda_alloc((void **)&dvec, (size_t)rows * sizeof(float)));
@@ -973,7 +981,6 @@ extern "C" int f2_cuda_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tenso
   bwd_rowdot<<<f2_blocks(rows, 8), 256, 0, f2_cuda_stream()>>>(dvec, dout->data, dout->dtype, out->data, out->dtype,
                                                                rows, (int)d.T, (int)d.H, (int)d.D);
   cudaError_t e = cudaGetLastError();
-  const f2_tensor *in[] = {q, k, v, dout}, *outs[] = {dq, dk, dv};
   if (e != cudaSuccess) {
     rc = F2_FAIL(F2_ERR_CUDA, "%s: launch of the D = rowsum(dout * out) kernel failed: %s", op, cudaGetErrorString(e));
   } else if (use_tc(d, in, 4, outs, 3)) {

@@ -95,6 +95,13 @@ int smem_opt_in(K kernel, size_t bytes, bool &done) {
  * out of range, the last). */
 bool sm90_available();
 constexpr int kSm90Kv = 2;
+
+/* attention_cudnn.cu: the op through cuDNN's fused SDPA when asked (F2_ATTN_CUDNN=1) and it applies (bf16,
+ * head dim 64/128, libcudnn loadable): 1 = done, 0 = not taken (the caller runs its
+ * kernels), < 0 = an error. The backward reads a.lse and writes a.dq, a.dk, a.dv; a.dvec is not used. */
+int cudnn_forward(f2_tensor *out, f2_tensor *lse, const f2_tensor *q, const f2_tensor *k, const f2_tensor *v,
+                  dims d, float scale);
+int cudnn_backward(const bwd_args &a, const f2_tensor *out);
 int sm90_dkdv(int variant, const bwd_args &a);
 
 }  // namespace f2attn

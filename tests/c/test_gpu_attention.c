@@ -6,7 +6,8 @@
  * twice must give the same bits. Errors are measured against the largest magnitude of the reference
  * (fp32 1e-4, bf16 2e-2: P and dS go through bf16 GEMMs). Each failure prints the count of bad
  * elements, the first (index and coordinates, got vs want) and the max error. F2_TEST_VERBOSE=1 prints
- * every compare. The tensor-core cases run again under every tile variant (F2_ATTN_VARIANT). Exit 77
+ * every compare. The tensor-core cases run again under every tile variant (F2_ATTN_VARIANT), and under
+ * cuDNN's fused attention (F2_ATTN_CUDNN=1; attention.cu's kernels where libcudnn does not load). Exit 77
  * without a GPU. */
 #include <string.h>
 
@@ -249,6 +250,23 @@ int main(void) {
     setenv("F2_ATTN_VARIANT", saved, 1);
   else
     unsetenv("F2_ATTN_VARIANT");
+
+  /* cuDNN's fused attention (F2_ATTN_CUDNN=1, kernels/attention_cudnn.cu) on the tensor-core cases, where
+   * libcudnn loads; elsewhere they run attention.cu's kernels again. */
+  const char *cudnn_env = getenv("F2_ATTN_CUDNN");
+  char cudnn_saved[16];
+  snprintf(cudnn_saved, sizeof cudnn_saved, "%s", cudnn_env ? cudnn_env : "");
+  setenv("F2_ATTN_CUDNN", "1", 1);
+  snprintf(variant, sizeof variant, "cudnn");
+  for (size_t ci = 0; ci < sizeof vcases / sizeof *vcases; ci++) run_case(vcases[ci]);
+  run_case((attn_case){1, 517, 4, 2, 64, F2_BF16, F2_BF16, F2_BF16, F2_BF16, 1.0, 0.125f});
+  run_case((attn_case){2, 700, 6, 1, 128, F2_BF16, F2_BF16, F2_BF16, F2_BF16, 2.0, 0.0883883f});
+  run_case((attn_case){1, 1024, 2, 2, 64, F2_BF16, F2_BF16, F2_BF16, F2_BF16, 3.0, 0.125f});
+  variant[0] = 0;
+  if (cudnn_env)
+    setenv("F2_ATTN_CUDNN", cudnn_saved, 1);
+  else
+    unsetenv("F2_ATTN_CUDNN");
 
   for (int di = 0; di < 2; di++)
     for (int hd = 0; hd < 3; hd++) {
