@@ -3,6 +3,7 @@
  * helpers (cp.async staging, the softmax's exp2, bf16 packing and stores) and the host side's shapes and
  * backward operands. */
 #pragma once
+#include "attention_host.h"
 #include "f2_cuda.cuh"
 
 extern __shared__ __align__(16) unsigned char attn_smem[];   /* every kernel's dynamic shared memory */
@@ -62,21 +63,6 @@ __device__ __forceinline__ void stage_row_stats(float *sL, float *sD, const floa
 
 /* ---------------------------------------------------------------- host side */
 
-struct dims {
-  int64_t B, T, H, Hkv, D;
-};
-
-/* The backward's operands, for the dQ and dK/dV launchers; stream: where the dQ kernel goes (beside the
- * dK/dV kernel, which stays on f2_cuda_stream()). */
-struct bwd_args {
-  f2_tensor *dq, *dk, *dv;
-  const f2_tensor *dout, *q, *k, *v;
-  const float *lse, *dvec;
-  dims d;
-  float scale;
-  cudaStream_t stream;
-};
-
 inline const uint16_t *u16(const f2_tensor *t) { return (const uint16_t *)t->data; }
 
 /* Opts a kernel into more than 48 KiB of dynamic shared memory (once per kernel). */
@@ -96,12 +82,6 @@ int smem_opt_in(K kernel, size_t bytes, bool &done) {
 bool sm90_available();
 constexpr int kSm90Kv = 2;
 
-/* attention_cudnn.cu: the op through cuDNN's fused SDPA when asked (F2_ATTN_CUDNN=1) and it applies (bf16,
- * head dim 64/128, libcudnn loadable): 1 = done, 0 = not taken (the caller runs its
- * kernels), < 0 = an error. The backward reads a.lse and writes a.dq, a.dk, a.dv; a.dvec is not used. */
-int cudnn_forward(f2_tensor *out, f2_tensor *lse, const f2_tensor *q, const f2_tensor *k, const f2_tensor *v,
-                  dims d, float scale);
-int cudnn_backward(const bwd_args &a, const f2_tensor *out);
 int sm90_dkdv(int variant, const bwd_args &a);
 
 }  // namespace f2attn

@@ -24,7 +24,7 @@ fi
 # or at another version.
 py_packages=(numpy==2.4.6)
 [ "${F2_SETUP_TEST_DEPS:-0}" = 1 ] && py_packages+=(safetensors==0.8.0 gguf==0.19.0 tokenizers==0.23.3)
-# With CUDA: the header-only cuDNN frontend that kernels/attention_cudnn.cu compiles against (cuDNN
+# With CUDA: the header-only cuDNN frontend that kernels/attention_cudnn.cpp compiles against (cuDNN
 # itself is loaded at run time, when present).
 if [ "${F2_CUDA:-AUTO}" != OFF ] && command -v nvcc >/dev/null; then py_packages+=(nvidia-cudnn-frontend==1.32.0); fi
 py_missing=()

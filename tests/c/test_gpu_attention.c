@@ -251,7 +251,7 @@ int main(void) {
   else
     unsetenv("F2_ATTN_VARIANT");
 
-  /* cuDNN's fused attention (F2_ATTN_CUDNN=1, kernels/attention_cudnn.cu) on the tensor-core cases, where
+  /* cuDNN's fused attention (F2_ATTN_CUDNN=1, kernels/attention_cudnn.cpp) on the tensor-core cases, where
    * libcudnn loads; elsewhere they run attention.cu's kernels again. */
   const char *cudnn_env = getenv("F2_ATTN_CUDNN");
   char cudnn_saved[16];

@@ -1,4 +1,4 @@
-/* attention_cudnn.cu — the causal GQA attention through cuDNN's fused SDPA (forward, and the backward in
+/* attention_cudnn.cpp — the causal GQA attention through cuDNN's fused SDPA (forward, and the backward in
  * cuDNN's deterministic mode), used by attention.cu when asked (F2_ATTN_CUDNN=1) and it applies: bf16
  * tensors, head dim 64 or 128, libcudnn.so.9 loadable at run time. On an H200 (cuDNN 9.19) it runs
  * SmolLM2's 8x2048 attention in about 0.12 ms forward and 0.45 ms backward against 0.215 / 0.656 for
@@ -12,7 +12,10 @@
  * the first, eager step; never while a CUDA graph is being captured) and kept; a shape cuDNN declines
  * keeps attention.cu's kernels. lse is cuDNN's softmax statistics, the natural log-sum-exp of the scaled
  * scores, the same quantity attention.cu writes, so either backward can follow either forward. */
-#include "attention.cuh"
+#include "attention_host.h"
+
+#include <stdio.h>
+#include <stdlib.h>
 
 #if F2_HAVE_CUDNN_FRONTEND
 #define NV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING
@@ -20,6 +23,7 @@
 
 #include <cudnn_frontend.h>
 
+#include <climits>
 #include <cstring>
 #include <memory>
 #include <unordered_map>
