@@ -6,9 +6,9 @@
  *
  * cuDNN is optional twice over. At build time the graph API comes from NVIDIA's header-only cuDNN
  * frontend (`pip install nvidia-cudnn-frontend`; CMake looks for it and for cudnn.h, and without them this
- * file only says "not available"). At run time the library is opened with dlopen (F2_CUDNN_LIB, else
- * libcudnn.so.9 on the loader path), so a fairy2 built with the frontend still runs where cuDNN is absent:
- * the first call notes why on stderr and attention.cu's kernels run. A graph is built once per shape (in
+ * file only says "not available"). At run time the library is opened with dlopen (load() says where it
+ * looks; `fairy2 --version` says what it found), so a fairy2 built with the frontend still runs where
+ * cuDNN is absent: the first call notes why on stderr and attention.cu's kernels run. A graph is built once per shape (in
  * the first, eager step; never while a CUDA graph is being captured) and kept; a shape cuDNN declines
  * keeps attention.cu's kernels. lse is cuDNN's softmax statistics, the natural log-sum-exp of the scaled
  * scores, the same quantity attention.cu writes, so either backward can follow either forward. */
@@ -49,6 +49,9 @@ struct Graph {
 
 struct State {
   bool tried = false, ok = false;
+  char why[512] = "";    /* why not, when !ok */
+  char from[1024] = "";  /* the library opened */
+  size_t version = 0;
   cudnnHandle_t handle[64] = {};
   std::vector<Graph> graphs;
 };
@@ -61,34 +64,67 @@ bool enabled() {   /* opt-in for now (docs/performance.md: what is verified and 
   return e && e[0] == '1' && e[1] == 0;
 }
 
-/* Opens libcudnn once per process; false (with one line on stderr) when it cannot. */
-bool load() {
-  if (state.tried) return state.ok;
-  state.tried = true;
-  const char *env = getenv("F2_CUDNN_LIB");
-  const char *names[3] = {env && *env ? env : nullptr, "libcudnn.so.9", "libcudnn.so"};
-  void *h = nullptr;
-  for (const char *n : names)
-    if (n && (h = dlopen(n, RTLD_NOW | RTLD_GLOBAL))) break;
-  if (!h) {
-    fprintf(stderr, "fairy2: cuDNN attention not used: cannot open libcudnn.so.9 (set F2_CUDNN_LIB to its "
-                    "path, or LD_LIBRARY_PATH to its folder)\n");
-    return false;
+/* The folder of the cuDNN that python3's nvidia-cudnn package holds (PyTorch's wheels bring one), or "". */
+void python_cudnn_dir(char *out, size_t size) {
+  out[0] = 0;
+  FILE *p = popen("python3 -c \"import nvidia.cudnn as m; print(list(m.__path__)[0])\" 2>/dev/null", "r");
+  if (!p) return;
+  char line[900] = "";
+  if (fgets(line, sizeof line, p)) {
+    line[strcspn(line, "\n")] = 0;
+    if (line[0] == '/') snprintf(out, size, "%s/lib/libcudnn.so.9", line);
   }
-  fe::cudnn_dlhandle = h;
-  size_t version = 0;
-  try {
-    version = fe::detail::get_backend_version();
-  } catch (const std::exception &e) {
-    fprintf(stderr, "fairy2: cuDNN attention not used: %s\n", e.what());
-    return false;
+  pclose(p);
+}
+
+/* Opens libcudnn once per process: F2_CUDNN_LIB, else libcudnn.so.9 on the loader path, else the one in
+ * python3's nvidia-cudnn package (its libraries find each other through their $ORIGIN run path). On
+ * failure state.why says why; loud: also on stderr (once). */
+bool load(bool loud) {
+  if (!state.tried) {
+    state.tried = true;
+    const char *env = getenv("F2_CUDNN_LIB");
+    void *h = nullptr;
+    if (env && *env) {
+      if ((h = dlopen(env, RTLD_NOW | RTLD_GLOBAL)))
+        snprintf(state.from, sizeof state.from, "%s", env);
+      else
+        snprintf(state.why, sizeof state.why, "F2_CUDNN_LIB=%s: %s", env, dlerror());
+    } else {
+      for (const char *n : {"libcudnn.so.9", "libcudnn.so"})
+        if ((h = dlopen(n, RTLD_NOW | RTLD_GLOBAL))) {
+          snprintf(state.from, sizeof state.from, "%s on the loader path", n);
+          break;
+        }
+      if (!h) {
+        char path[1024];
+        python_cudnn_dir(path, sizeof path);
+        if (path[0] && (h = dlopen(path, RTLD_NOW | RTLD_GLOBAL))) snprintf(state.from, sizeof state.from, "%s", path);
+      }
+    }
+    if (!h) {
+      if (!state.why[0])
+        snprintf(state.why, sizeof state.why, "libcudnn.so.9 not found (F2_CUDNN_LIB, the loader path, python3's "
+                                              "nvidia-cudnn package)");
+    } else {
+      fe::cudnn_dlhandle = h;
+      try {
+        state.version = fe::detail::get_backend_version();
+        if (state.version < 90000)
+          snprintf(state.why, sizeof state.why, "cuDNN %zu is older than 9.0", state.version);
+        else
+          state.ok = true;
+      } catch (const std::exception &e) {
+        snprintf(state.why, sizeof state.why, "%s", e.what());
+      }
+    }
   }
-  if (version < 90000) {
-    fprintf(stderr, "fairy2: cuDNN attention not used: cuDNN %zu is older than 9.0\n", version);
-    return false;
+  if (!state.ok && loud) {
+    static bool said;
+    if (!said) fprintf(stderr, "fairy2: cuDNN attention not used: %s\n", state.why);
+    said = true;
   }
-  state.ok = true;
-  return true;
+  return state.ok;
 }
 
 cudnnHandle_t handle_here() {
@@ -188,7 +224,7 @@ bool applies(dims d, const f2_tensor *const *t, int n) {
   if (!enabled() || (d.D != 64 && d.D != 128) || d.T > INT32_MAX) return false;
   for (int i = 0; i < n; i++)
     if (!t[i] || t[i]->dtype != F2_BF16 || (uintptr_t)t[i]->data % 16) return false;
-  return load();
+  return load(true);
 }
 
 }  // namespace
@@ -224,12 +260,21 @@ int cudnn_backward(const bwd_args &a, const f2_tensor *out) {
   return 1;
 }
 
+int cudnn_describe(char *buf, size_t size) {
+  if (!load(false)) return snprintf(buf, size, "cuDNN attention: off, %s\n", state.why);
+  return snprintf(buf, size, "cuDNN attention: cuDNN %zu.%zu.%zu (%s), used with F2_ATTN_CUDNN=1\n",
+                  state.version / 10000, state.version / 100 % 100, state.version % 100, state.from);
+}
+
 #else   /* built without the cuDNN frontend */
 
 int cudnn_forward(f2_tensor *, f2_tensor *, const f2_tensor *, const f2_tensor *, const f2_tensor *, dims, float) {
   return 0;
 }
 int cudnn_backward(const bwd_args &, const f2_tensor *) { return 0; }
+int cudnn_describe(char *buf, size_t size) {
+  return snprintf(buf, size, "cuDNN attention: not built (no cuDNN frontend headers at build time)\n");
+}
 
 #endif
 

@@ -30,6 +30,8 @@ struct bwd_args {
 int cudnn_forward(f2_tensor *out, f2_tensor *lse, const f2_tensor *q, const f2_tensor *k, const f2_tensor *v,
                   dims d, float scale);
 int cudnn_backward(const bwd_args &a, const f2_tensor *out);
+/* One line for `fairy2 --version`: whether the cuDNN path is built, and the cuDNN it would use. */
+int cudnn_describe(char *buf, size_t size);
 
 }  // namespace f2attn
 

@@ -1,5 +1,6 @@
 /* device.cu — GPU discovery, selection, the fairy2 stream, and version information.
  * A machine without a usable GPU reports 0 devices; asking for one then fails with a message. */
+#include "attention_host.h"
 #include "f2_cuda.cuh"
 
 #include <cublasLt.h>
@@ -66,6 +67,7 @@ extern "C" int f2_cuda_build_info(char *buf, size_t size) {
                    runtime / 1000, runtime % 1000 / 10, driver / 1000, driver % 1000 / 10,
                    cublas / 10000, cublas / 100 % 100, cublas % 100, nccl / 10000, nccl / 100 % 100,
                    nccl % 100);
+  if (n < (int)size) n += f2attn::cudnn_describe(buf + n, size - n);
   int count = f2_cuda_device_count();
   if (count == 0) n += snprintf(buf + n, n < (int)size ? size - n : 0, "GPUs: none usable\n");
   for (int i = 0; i < count && n < (int)size; i++) {

@@ -39,6 +39,13 @@ tmp = tempfile.mkdtemp(prefix="f2cli")
 rc, out, err = run("--version")
 check(rc == 0 and out.startswith("fairy2 ") and "LuaJIT" in out and "CUDA" in out and "GPU" in out,
       "--version names fairy2, LuaJIT, CUDA and GPUs", out + err)
+if "CUDA runtime" in out:   # a CUDA build: the cuDNN attention line, and a bad F2_CUDNN_LIB named in it
+    check("cuDNN attention: " in out, "--version says whether cuDNN attention is built and found", out)
+    if "not built" not in out:
+        env = dict(os.environ, F2_CUDNN_LIB="/nonexistent/libcudnn.so.9")
+        p = subprocess.run([BIN, "--version"], capture_output=True, text=True, env=env)
+        check(p.returncode == 0 and "cuDNN attention: off, F2_CUDNN_LIB=/nonexistent/libcudnn.so.9" in p.stdout,
+              "--version names an F2_CUDNN_LIB that does not open", p.stdout + p.stderr)
 rc, out, err = run("--help")
 check(rc == 0 and "usage: fairy2" in out and "--print-config" in out and "key=value" in out and "tools:" in out,
       "--help shows usage, options, overrides, tools", out + err)
