@@ -362,6 +362,19 @@ static int rope_tables_cover(const char *op, const f2_tensor *cos_table, const f
   return shape_is(op, "sin", sin_table, 2, cos_table->shape);
 }
 
+/* One head of half pairs (i, i + half) at position t, x at xb into out at ob: rotated by sign * angle
+ * (both read before out, which may be x, is written). rope() and qkv_rope() share it, so the fused op
+ * has RoPE's bits. */
+static void rope_head(f2_tensor *out, int64_t ob, const f2_tensor *x, int64_t xb, const f2_tensor *cos_table,
+                      const f2_tensor *sin_table, int64_t t, int64_t half, float sign) {
+  for (int64_t i = 0; i < half; i++) {
+    float c = F32(cos_table)[t * half + i], s = sign * F32(sin_table)[t * half + i];
+    float x1 = ld(x, xb + i), x2 = ld(x, xb + i + half);
+    st(out, ob + i, x1 * c - x2 * s);
+    st(out, ob + i + half, x2 * c + x1 * s);
+  }
+}
+
 /* out and x are [B,T,H,Dh], each with its (b, t) rows of H*Dh elements at its own row stride (a
  * contiguous tensor, or a view of the heads inside a fused projection's rows). */
 static int rope(const char *op, f2_tensor *out, const f2_tensor *x, const f2_tensor *cos_table,
@@ -384,15 +397,8 @@ static int rope(const char *op, f2_tensor *out, const f2_tensor *x, const f2_ten
   }
 #pragma omp parallel for schedule(static) if (batch * seq * heads * hd >= PARALLEL_MIN)
   for (int64_t bt = 0; bt < batch * seq; bt++)   /* rows (b, t) on threads */
-    for (int64_t h = 0; h < heads; h++) {
-      int64_t t = bt % seq, xb = bt * ldx + h * hd, ob = bt * ldo + h * hd;
-      for (int64_t i = 0; i < half; i++) {
-        float c = F32(cos_table)[t * half + i], s = sign * F32(sin_table)[t * half + i];
-        float x1 = ld(x, xb + i), x2 = ld(x, xb + i + half);   /* read both before out may overwrite */
-        st(out, ob + i, x1 * c - x2 * s);
-        st(out, ob + i + half, x2 * c + x1 * s);
-      }
-    }
+    for (int64_t h = 0; h < heads; h++)
+      rope_head(out, bt * ldo + h * hd, x, bt * ldx + h * hd, cos_table, sin_table, bt % seq, half, sign);
   return F2_OK;
 }
 
@@ -446,16 +452,10 @@ static int qkv_rope(const char *op, f2_tensor *y, f2_tensor *q, f2_tensor *k, f2
       f2_tensor *dst = merge ? y : part;
       const f2_tensor *src = merge ? part : y;
       const int64_t sb = merge ? pb : yb, db = merge ? yb : pb;
-      for (int64_t i = 0; i < half; i++) {
-        float x1 = ld(src, sb + i), x2 = ld(src, sb + i + half);
-        if (h < H + Hkv) {
-          float c = F32(cos_table)[t_pos * half + i], sn = sign * F32(sin_table)[t_pos * half + i];
-          st(dst, db + i, x1 * c - x2 * sn);
-          st(dst, db + i + half, x2 * c + x1 * sn);
-        } else {
-          st(dst, db + i, x1);
-          st(dst, db + i + half, x2);
-        }
+      if (h < H + Hkv) {
+        rope_head(dst, db, src, sb, cos_table, sin_table, t_pos, half, sign);
+      } else {
+        for (int64_t i = 0; i < Dh; i++) st(dst, db + i, ld(src, sb + i));   /* v: a copy */
       }
     }
   return F2_OK;
