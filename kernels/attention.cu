@@ -969,7 +969,8 @@ extern "C" int f2_cuda_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tenso
   if (d.B * d.H * d.T == 0) return F2_OK;
   F2_TRY(check_sizes(op, d));
   const f2_tensor *in[] = {q, k, v, dout}, *outs[] = {dq, dk, dv};
-  if (use_tc(d, in, 4, outs, 3)) {
+  const bool tc = use_tc(d, in, 4, outs, 3);
+  if (tc) {
     const bwd_args a = {dq, dk, dv, dout, q, k, v, (const float *)lse->data, nullptr, d, scale, f2_cuda_stream()};
     const int taken = cudnn_backward(a, out);
     if (taken) return taken < 0 ? taken : F2_OK;
@@ -983,7 +984,7 @@ extern "C" int f2_cuda_attention_backward(f2_tensor *dq, f2_tensor *dk, f2_tenso
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) {
     rc = F2_FAIL(F2_ERR_CUDA, "%s: launch of the D = rowsum(dout * out) kernel failed: %s", op, cudaGetErrorString(e));
-  } else if (use_tc(d, in, 4, outs, 3)) {
+  } else if (tc) {
     attn_variant var;
     cudaStream_t primary = f2_cuda_stream();
     side_stream *side = get_side_stream();
