@@ -63,6 +63,17 @@ static inline void f2t_copy(f2_tensor *dst, const f2_tensor *src) {
   }
 }
 
+/* A view of t (f2_tensor_as_strided: shape, element strides, offset in elements), or the test stops. */
+static inline f2_tensor *f2t_view(const f2_tensor *t, int ndim, const int64_t *shape, const int64_t *stride,
+                                  int64_t offset) {
+  f2_tensor *v = f2_tensor_as_strided(t, ndim, shape, stride, offset);
+  if (!v) {
+    fprintf(stderr, "f2_tensor_as_strided failed: %s\n", f2_last_error());
+    exit(1);
+  }
+  return v;
+}
+
 /* Prints the summary line and returns the exit status. */
 static inline int f2t_done(void) {
   printf("%d passed, %d failed\n", f2t_passed, f2t_failed);

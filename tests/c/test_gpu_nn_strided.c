@@ -26,14 +26,6 @@ static f2_tensor *randn(int32_t dtype, int ndim, const int64_t *shape) {   /* CP
   f2_tensor_free(f);
   return t;
 }
-static f2_tensor *view(const f2_tensor *t, int ndim, const int64_t *shape, const int64_t *stride, int64_t offset) {
-  f2_tensor *v = f2_tensor_as_strided(t, ndim, shape, stride, offset);
-  if (!v) {
-    fprintf(stderr, "as_strided failed: %s\n", f2_last_error());
-    exit(1);
-  }
-  return v;
-}
 static double get(const f2_tensor *t, int64_t i) {   /* CPU, contiguous */
   if (t->dtype == F2_F32) return ((const float *)t->data)[i];
   uint32_t u = (uint32_t)((const uint16_t *)t->data)[i] << 16;
@@ -96,7 +88,7 @@ static void rope_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hk
       snprintf(base, sizeof base, "rope %s %s [%lld,%lld,%lld] heads %lld x %lld %s", dir ? "backward" : "forward",
                parts[p].name, (long long)B, (long long)T, (long long)W, (long long)heads, (long long)Dh, dn(dtype));
       /* strided x -> contiguous out */
-      f2_tensor *xv = view(y, 4, shape, stride, col), *xv_g = view(y_g, 4, shape, stride, col);
+      f2_tensor *xv = f2t_view(y, 4, shape, stride, col), *xv_g = f2t_view(y_g, 4, shape, stride, col);
       f2_tensor *out = f2t_tensor(dtype, F2_CPU, 4, shape), *out_g = f2t_tensor(dtype, F2_CUDA, 4, shape);
       f2_tensor *out_g2 = f2t_tensor(dtype, F2_CUDA, 4, shape);
       CHECK_OK(op(out, xv, cs, sn));
@@ -110,14 +102,14 @@ static void rope_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hk
       f2_tensor *wide = f2t_tensor(dtype, F2_CPU, 3, ys), *wide_g = f2t_tensor(dtype, F2_CUDA, 3, ys);
       CHECK_OK(f2_fill(wide, 7.0));
       CHECK_OK(f2_fill(wide_g, 7.0));
-      f2_tensor *ov = view(wide, 4, shape, stride, col), *ov_g = view(wide_g, 4, shape, stride, col);
+      f2_tensor *ov = f2t_view(wide, 4, shape, stride, col), *ov_g = f2t_view(wide_g, 4, shape, stride, col);
       CHECK_OK(op(ov, xc, cs, sn));
       CHECK_OK(op(ov_g, xc_g, cs_g, sn_g));
       snprintf(what, sizeof what, "%s: strided out (whole buffer)", base);
       compare(wide_g, wide, rtol_of(dtype), atol_of(dtype), what);
       /* in place on the strided view of a copy of Y */
       f2_tensor *y2 = on(F2_CPU, y), *y2_g = on(F2_CUDA, y);
-      f2_tensor *iv = view(y2, 4, shape, stride, col), *iv_g = view(y2_g, 4, shape, stride, col);
+      f2_tensor *iv = f2t_view(y2, 4, shape, stride, col), *iv_g = f2t_view(y2_g, 4, shape, stride, col);
       CHECK_OK(op(iv, iv, cs, sn));
       CHECK_OK(op(iv_g, iv_g, cs_g, sn_g));
       snprintf(what, sizeof what, "%s: in place (whole buffer)", base);
@@ -149,7 +141,7 @@ static void qkv_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hkv
   CHECK_OK(f2_rope_tables(cs, sn, inv));
   f2_tensor *cs_g = on(F2_CUDA, cs), *sn_g = on(F2_CUDA, sn);
   f2_tensor *y = randn(dtype, 2, ys), *y_g = on(F2_CUDA, y);
-  f2_tensor *yv = view(y, 2, rows, rs, 0), *yv_g = view(y_g, 2, rows, rs, 0);
+  f2_tensor *yv = f2t_view(y, 2, rows, rs, 0), *yv_g = f2t_view(y_g, 2, rows, rs, 0);
   f2_tensor *q = f2t_tensor(dtype, F2_CPU, 4, qs), *k = f2t_tensor(dtype, F2_CPU, 4, ks), *v = f2t_tensor(dtype, F2_CPU, 4, ks);
   f2_tensor *q_g = f2t_tensor(dtype, F2_CUDA, 4, qs), *k_g = f2t_tensor(dtype, F2_CUDA, 4, ks), *v_g = f2t_tensor(dtype, F2_CUDA, 4, ks);
   f2_tensor *q_g2 = f2t_tensor(dtype, F2_CUDA, 4, qs);
@@ -169,7 +161,7 @@ static void qkv_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hkv
   f2_tensor *dy = f2t_tensor(dtype, F2_CPU, 2, ys), *dy_g = f2t_tensor(dtype, F2_CUDA, 2, ys);
   CHECK_OK(f2_fill(dy, 7.0));
   CHECK_OK(f2_fill(dy_g, 7.0));
-  f2_tensor *dyv = view(dy, 2, rows, rs, 0), *dyv_g = view(dy_g, 2, rows, rs, 0);
+  f2_tensor *dyv = f2t_view(dy, 2, rows, rs, 0), *dyv_g = f2t_view(dy_g, 2, rows, rs, 0);
   CHECK_OK(f2_qkv_rope_backward(dyv, q, k, v, cs, sn));
   CHECK_OK(f2_qkv_rope_backward(dyv_g, dq_g, dk_g, dv_g, cs_g, sn_g));
   snprintf(what, sizeof what, "qkv_rope backward [%lld,%lld] heads %lld/%lld x %lld pad %lld %s (whole rows)",
@@ -190,8 +182,8 @@ static void swiglu_case(int32_t dtype, int64_t B, int64_t R, int64_t I, int64_t 
   int64_t W = 2 * I + pad, ys[3] = {B, R, W}, shape[3] = {B, R, I}, stride[3] = {R * W, W, 1};
   double rt = rtol_of(dtype), at = atol_of(dtype);
   f2_tensor *y = randn(dtype, 3, ys), *y_g = on(F2_CUDA, y);
-  f2_tensor *gv = view(y, 3, shape, stride, 0), *uv = view(y, 3, shape, stride, I);
-  f2_tensor *gv_g = view(y_g, 3, shape, stride, 0), *uv_g = view(y_g, 3, shape, stride, I);
+  f2_tensor *gv = f2t_view(y, 3, shape, stride, 0), *uv = f2t_view(y, 3, shape, stride, I);
+  f2_tensor *gv_g = f2t_view(y_g, 3, shape, stride, 0), *uv_g = f2t_view(y_g, 3, shape, stride, I);
   /* forward from the strided halves */
   f2_tensor *out = f2t_tensor(dtype, F2_CPU, 3, shape), *out_g = f2t_tensor(dtype, F2_CUDA, 3, shape);
   f2_tensor *out_g2 = f2t_tensor(dtype, F2_CUDA, 3, shape);
@@ -212,7 +204,7 @@ static void swiglu_case(int32_t dtype, int64_t B, int64_t R, int64_t I, int64_t 
   f2_tensor *wide = f2t_tensor(dtype, F2_CPU, 3, ys), *wide_g = f2t_tensor(dtype, F2_CUDA, 3, ys);
   CHECK_OK(f2_fill(wide, -3.0));
   CHECK_OK(f2_fill(wide_g, -3.0));
-  f2_tensor *ov = view(wide, 3, shape, stride, I), *ov_g = view(wide_g, 3, shape, stride, I);
+  f2_tensor *ov = f2t_view(wide, 3, shape, stride, I), *ov_g = f2t_view(wide_g, 3, shape, stride, I);
   CHECK_OK(f2_swiglu_forward(ov, gc, uc));
   CHECK_OK(f2_swiglu_forward(ov_g, gc_g, uc_g));
   snprintf(what, sizeof what, "%s: forward into a strided out (whole buffer)", base);
@@ -220,9 +212,9 @@ static void swiglu_case(int32_t dtype, int64_t B, int64_t R, int64_t I, int64_t 
   /* backward in place over the fused buffer's halves (MLP's use), compared whole */
   f2_tensor *dout = randn(dtype, 3, shape), *dout_g = on(F2_CUDA, dout);
   f2_tensor *y2 = on(F2_CPU, y), *y2_g = on(F2_CUDA, y), *y3_g = on(F2_CUDA, y);
-  f2_tensor *g2 = view(y2, 3, shape, stride, 0), *u2 = view(y2, 3, shape, stride, I);
-  f2_tensor *g2_g = view(y2_g, 3, shape, stride, 0), *u2_g = view(y2_g, 3, shape, stride, I);
-  f2_tensor *g3_g = view(y3_g, 3, shape, stride, 0), *u3_g = view(y3_g, 3, shape, stride, I);
+  f2_tensor *g2 = f2t_view(y2, 3, shape, stride, 0), *u2 = f2t_view(y2, 3, shape, stride, I);
+  f2_tensor *g2_g = f2t_view(y2_g, 3, shape, stride, 0), *u2_g = f2t_view(y2_g, 3, shape, stride, I);
+  f2_tensor *g3_g = f2t_view(y3_g, 3, shape, stride, 0), *u3_g = f2t_view(y3_g, 3, shape, stride, I);
   CHECK_OK(f2_swiglu_backward(g2, u2, dout, g2, u2));
   CHECK_OK(f2_swiglu_backward(g2_g, u2_g, dout_g, g2_g, u2_g));
   CHECK_OK(f2_swiglu_backward(g3_g, u3_g, dout_g, g3_g, u3_g));
@@ -231,12 +223,12 @@ static void swiglu_case(int32_t dtype, int64_t B, int64_t R, int64_t I, int64_t 
   same_bits(y2_g, y3_g, what);
   /* backward with every operand strided and separate outputs; and all contiguous */
   f2_tensor *dwide = randn(dtype, 3, ys), *dwide_g = on(F2_CUDA, dwide);
-  f2_tensor *dov = view(dwide, 3, shape, stride, I), *dov_g = view(dwide_g, 3, shape, stride, I);
+  f2_tensor *dov = f2t_view(dwide, 3, shape, stride, I), *dov_g = f2t_view(dwide_g, 3, shape, stride, I);
   f2_tensor *gw = f2t_tensor(dtype, F2_CPU, 3, ys), *gw_g = f2t_tensor(dtype, F2_CUDA, 3, ys);
   CHECK_OK(f2_fill(gw, 5.0));
   CHECK_OK(f2_fill(gw_g, 5.0));
-  f2_tensor *dgv = view(gw, 3, shape, stride, 0), *duv = view(gw, 3, shape, stride, I);
-  f2_tensor *dgv_g = view(gw_g, 3, shape, stride, 0), *duv_g = view(gw_g, 3, shape, stride, I);
+  f2_tensor *dgv = f2t_view(gw, 3, shape, stride, 0), *duv = f2t_view(gw, 3, shape, stride, I);
+  f2_tensor *dgv_g = f2t_view(gw_g, 3, shape, stride, 0), *duv_g = f2t_view(gw_g, 3, shape, stride, I);
   CHECK_OK(f2_swiglu_backward(dgv, duv, dov, gv, uv));
   CHECK_OK(f2_swiglu_backward(dgv_g, duv_g, dov_g, gv_g, uv_g));
   snprintf(what, sizeof what, "%s: backward, every operand strided (whole buffer)", base);

@@ -9,31 +9,15 @@
 static uint64_t seed_counter;
 static uint64_t next_seed(void) { return seed_counter++; }
 
-static f2_tensor *new_tensor(int32_t dtype, int ndim, const int64_t *shape) {
-  f2_tensor *t = f2_tensor_new(dtype, F2_CPU, ndim, shape);
-  if (!t) {
-    fprintf(stderr, "f2_tensor_new failed: %s\n", f2_last_error());
-    exit(1);
-  }
-  return t;
-}
 static f2_tensor *randn(int32_t dtype, int ndim, const int64_t *shape) {
-  f2_tensor *f = new_tensor(F2_F32, ndim, shape), *t = new_tensor(dtype, ndim, shape);
+  f2_tensor *f = f2t_tensor(F2_F32, F2_CPU, ndim, shape), *t = f2t_tensor(dtype, F2_CPU, ndim, shape);
   CHECK_OK(f2_rand_normal(f, next_seed(), 0.0, 1.0));
   CHECK_OK(f2_copy(t, f));
   f2_tensor_free(f);
   return t;
 }
-static f2_tensor *view(const f2_tensor *t, int ndim, const int64_t *shape, const int64_t *stride, int64_t offset) {
-  f2_tensor *v = f2_tensor_as_strided(t, ndim, shape, stride, offset);
-  if (!v) {
-    fprintf(stderr, "as_strided failed: %s\n", f2_last_error());
-    exit(1);
-  }
-  return v;
-}
 static f2_tensor *contiguous_copy(const f2_tensor *t) {
-  f2_tensor *c = new_tensor(t->dtype, t->ndim, t->shape);
+  f2_tensor *c = f2t_tensor(t->dtype, F2_CPU, t->ndim, t->shape);
   CHECK_OK(f2_copy(c, t));
   return c;
 }
@@ -84,7 +68,7 @@ static void rope_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hk
   int64_t W = (H + 2 * Hkv) * Dh + pad, ys[3] = {B, T, W}, half = Dh / 2;
   f2_tensor *y = randn(dtype, 3, ys);
   int64_t ts[2] = {T + 3, half}, is = half;
-  f2_tensor *inv = new_tensor(F2_F32, 1, &is), *cs = new_tensor(F2_F32, 2, ts), *sn = new_tensor(F2_F32, 2, ts);
+  f2_tensor *inv = f2t_tensor(F2_F32, F2_CPU, 1, &is), *cs = f2t_tensor(F2_F32, F2_CPU, 2, ts), *sn = f2t_tensor(F2_F32, F2_CPU, 2, ts);
   for (int64_t i = 0; i < half; i++) ((float *)inv->data)[i] = (float)pow(10000.0, -2.0 * (double)i / (double)Dh);
   CHECK_OK(f2_rope_tables(cs, sn, inv));
   struct { int64_t heads, col; const char *name; } parts[2] = {{H, 0, "q"}, {Hkv, H * Dh, "k"}};
@@ -97,21 +81,21 @@ static void rope_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hk
                parts[p].name, (long long)B, (long long)T, (long long)W, parts[p].name, (long long)heads, (long long)Dh,
                f2_dtype_name(dtype));
       /* strided x -> contiguous out, as the reference on a contiguous copy */
-      f2_tensor *xv = view(y, 4, shape, stride, parts[p].col), *xc = contiguous_copy(xv);
-      f2_tensor *out = new_tensor(dtype, 4, shape), *ref = new_tensor(dtype, 4, shape);
+      f2_tensor *xv = f2t_view(y, 4, shape, stride, parts[p].col), *xc = contiguous_copy(xv);
+      f2_tensor *out = f2t_tensor(dtype, F2_CPU, 4, shape), *ref = f2t_tensor(dtype, F2_CPU, 4, shape);
       CHECK_OK(op(out, xv, cs, sn));
       CHECK_OK(op(ref, xc, cs, sn));
       CHECK(same_bits(out, ref, what), "%s: strided x, contiguous out", what);
       /* contiguous x -> strided out inside a sentinel-filled wide buffer: the view's elements as the
        * reference, everything else untouched */
-      f2_tensor *dy = new_tensor(dtype, 3, ys);
+      f2_tensor *dy = f2t_tensor(dtype, F2_CPU, 3, ys);
       fill_bits(dy, 0x7b);
-      f2_tensor *ov = view(dy, 4, shape, stride, parts[p].col);
+      f2_tensor *ov = f2t_view(dy, 4, shape, stride, parts[p].col);
       CHECK_OK(op(ov, xc, cs, sn));
       CHECK(same_bits(ov, ref, what), "%s: contiguous x, strided out", what);
       CHECK(untouched_outside(dy, ov, 0x7b), "%s: wrote outside the out view", what);
       /* in place on the strided view */
-      f2_tensor *y2 = contiguous_copy(y), *iv = view(y2, 4, shape, stride, parts[p].col);
+      f2_tensor *y2 = contiguous_copy(y), *iv = f2t_view(y2, 4, shape, stride, parts[p].col);
       CHECK_OK(op(iv, iv, cs, sn));
       CHECK(same_bits(iv, ref, what), "%s: in place on the strided view", what);
       f2_tensor_free(xv), f2_tensor_free(xc), f2_tensor_free(out), f2_tensor_free(ref), f2_tensor_free(ov);
@@ -125,30 +109,30 @@ static void rope_refusals(void) {
   int64_t B = 2, T = 4, H = 3, Dh = 8, W = 5 * Dh, ys[3] = {B, T, W}, half = Dh / 2;
   f2_tensor *y = randn(F2_F32, 3, ys);
   int64_t ts[2] = {T, half};
-  f2_tensor *cs = new_tensor(F2_F32, 2, ts), *sn = new_tensor(F2_F32, 2, ts);
+  f2_tensor *cs = f2t_tensor(F2_F32, F2_CPU, 2, ts), *sn = f2t_tensor(F2_F32, F2_CPU, 2, ts);
   CHECK_OK(f2_fill(cs, 1.0));
   CHECK_OK(f2_fill(sn, 0.0));
   int64_t shape[4] = {B, T, H, Dh};
-  f2_tensor *out = new_tensor(F2_F32, 4, shape);
+  f2_tensor *out = f2t_tensor(F2_F32, F2_CPU, 4, shape);
   /* head_dim elements 2 apart: the rows' elements are not contiguous */
   int64_t s1[4] = {T * W, W, Dh, 2};
   int64_t shape_small[4] = {B, T, 2, Dh / 2};
-  f2_tensor *bad = view(y, 4, shape_small, s1, 0), *out_small = new_tensor(F2_F32, 4, shape_small);
+  f2_tensor *bad = f2t_view(y, 4, shape_small, s1, 0), *out_small = f2t_tensor(F2_F32, F2_CPU, 4, shape_small);
   CHECK(f2_rope_forward(out_small, bad, cs, sn) == F2_ERR_ARG && strstr(f2_last_error(), "row stride"),
         "rope: elements not contiguous refused: %s", f2_last_error());
   /* b and t rows not at one stride (b's stride is not T times t's) */
   int64_t s2[4] = {T * W + 1, W, Dh, 1};
-  f2_tensor *bad2 = view(y, 4, shape, s2, 0);
+  f2_tensor *bad2 = f2t_view(y, 4, shape, s2, 0);
   CHECK(f2_rope_forward(out, bad2, cs, sn) == F2_ERR_ARG && strstr(f2_last_error(), "x (shape"),
         "rope: rows at two strides refused: %s", f2_last_error());
   /* heads not adjacent within a row */
   int64_t s3[4] = {T * W, W, Dh + 1, 1};
-  f2_tensor *bad3 = view(y, 4, shape, s3, 0);
+  f2_tensor *bad3 = f2t_view(y, 4, shape, s3, 0);
   CHECK(f2_rope_backward(bad3, out, cs, sn) == F2_ERR_ARG && strstr(f2_last_error(), "out (shape"),
         "rope: heads apart refused (as out): %s", f2_last_error());
   /* rows overlapping (row stride below the row length) */
   int64_t s4[4] = {T * Dh, Dh, Dh, 1};
-  f2_tensor *bad4 = view(y, 4, shape, s4, 0);
+  f2_tensor *bad4 = f2t_view(y, 4, shape, s4, 0);
   CHECK(f2_rope_forward(out, bad4, cs, sn) == F2_ERR_ARG, "rope: overlapping rows refused: %s", f2_last_error());
   f2_tensor_free(y), f2_tensor_free(cs), f2_tensor_free(sn), f2_tensor_free(out), f2_tensor_free(bad);
   f2_tensor_free(out_small), f2_tensor_free(bad2), f2_tensor_free(bad3), f2_tensor_free(bad4);
@@ -163,27 +147,27 @@ static void qkv_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hkv
            (long long)T, (long long)H, (long long)Hkv, (long long)Hkv, (long long)Dh, (long long)pad, f2_dtype_name(dtype));
   int64_t W = (H + 2 * Hkv) * Dh + pad, ys[2] = {B * T, W}, half = Dh / 2;
   int64_t rows[2] = {B * T, W - pad}, row_stride[2] = {W, 1};   /* the heads' columns of each row */
-  f2_tensor *y = randn(dtype, 2, ys), *yr = view(y, 2, rows, row_stride, 0);
+  f2_tensor *y = randn(dtype, 2, ys), *yr = f2t_view(y, 2, rows, row_stride, 0);
   int64_t ts[2] = {T + 1, half}, is = half;
-  f2_tensor *inv = new_tensor(F2_F32, 1, &is), *cs = new_tensor(F2_F32, 2, ts), *sn = new_tensor(F2_F32, 2, ts);
+  f2_tensor *inv = f2t_tensor(F2_F32, F2_CPU, 1, &is), *cs = f2t_tensor(F2_F32, F2_CPU, 2, ts), *sn = f2t_tensor(F2_F32, F2_CPU, 2, ts);
   for (int64_t i = 0; i < half; i++) ((float *)inv->data)[i] = (float)pow(10000.0, -2.0 * (double)i / (double)Dh);
   CHECK_OK(f2_rope_tables(cs, sn, inv));
   int64_t qs[4] = {B, T, H, Dh}, ks[4] = {B, T, Hkv, Dh}, stride[4] = {T * W, W, Dh, 1};
-  f2_tensor *yq = view(y, 4, qs, stride, 0), *yk = view(y, 4, ks, stride, H * Dh), *yv = view(y, 4, ks, stride, (H + Hkv) * Dh);
-  f2_tensor *q = new_tensor(dtype, 4, qs), *k = new_tensor(dtype, 4, ks), *v = new_tensor(dtype, 4, ks);
-  f2_tensor *rq = new_tensor(dtype, 4, qs), *rk = new_tensor(dtype, 4, ks), *rv = new_tensor(dtype, 4, ks);
+  f2_tensor *yq = f2t_view(y, 4, qs, stride, 0), *yk = f2t_view(y, 4, ks, stride, H * Dh), *yv = f2t_view(y, 4, ks, stride, (H + Hkv) * Dh);
+  f2_tensor *q = f2t_tensor(dtype, F2_CPU, 4, qs), *k = f2t_tensor(dtype, F2_CPU, 4, ks), *v = f2t_tensor(dtype, F2_CPU, 4, ks);
+  f2_tensor *rq = f2t_tensor(dtype, F2_CPU, 4, qs), *rk = f2t_tensor(dtype, F2_CPU, 4, ks), *rv = f2t_tensor(dtype, F2_CPU, 4, ks);
   CHECK_OK(f2_qkv_rope_forward(q, k, v, yr, cs, sn));
   CHECK_OK(f2_rope_forward(rq, yq, cs, sn));
   CHECK_OK(f2_rope_forward(rk, yk, cs, sn));
   CHECK_OK(f2_copy(rv, yv));
   CHECK(same_bits(q, rq, what) && same_bits(k, rk, what) && same_bits(v, rv, what), "%s: forward", what);
   /* backward from q, k, v as the gradients */
-  f2_tensor *dy = new_tensor(dtype, 2, ys), *ref = new_tensor(dtype, 2, ys);
+  f2_tensor *dy = f2t_tensor(dtype, F2_CPU, 2, ys), *ref = f2t_tensor(dtype, F2_CPU, 2, ys);
   fill_bits(dy, 0x5d);
   fill_bits(ref, 0x5d);
-  f2_tensor *dyr = view(dy, 2, rows, row_stride, 0);
+  f2_tensor *dyr = f2t_view(dy, 2, rows, row_stride, 0);
   CHECK_OK(f2_qkv_rope_backward(dyr, q, k, v, cs, sn));
-  f2_tensor *dq = view(ref, 4, qs, stride, 0), *dk = view(ref, 4, ks, stride, H * Dh), *dv = view(ref, 4, ks, stride, (H + Hkv) * Dh);
+  f2_tensor *dq = f2t_view(ref, 4, qs, stride, 0), *dk = f2t_view(ref, 4, ks, stride, H * Dh), *dv = f2t_view(ref, 4, ks, stride, (H + Hkv) * Dh);
   CHECK_OK(f2_rope_backward(dq, q, cs, sn));
   CHECK_OK(f2_rope_backward(dk, k, cs, sn));
   CHECK_OK(f2_copy(dv, v));
@@ -195,9 +179,9 @@ static void qkv_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hkv
 static void qkv_refusals(void) {
   int64_t B = 2, T = 3, H = 2, Hkv = 1, Dh = 4, W = (H + 2 * Hkv) * Dh, ys[2] = {B * T, W};
   int64_t qs[4] = {B, T, H, Dh}, ks[4] = {B, T, Hkv, Dh}, ts[2] = {T, Dh / 2};
-  f2_tensor *y = randn(F2_F32, 2, ys), *q = new_tensor(F2_F32, 4, qs), *k = new_tensor(F2_F32, 4, ks);
-  f2_tensor *v = new_tensor(F2_F32, 4, ks), *vb = new_tensor(F2_BF16, 4, ks);
-  f2_tensor *cs = new_tensor(F2_F32, 2, ts), *sn = new_tensor(F2_F32, 2, ts);
+  f2_tensor *y = randn(F2_F32, 2, ys), *q = f2t_tensor(F2_F32, F2_CPU, 4, qs), *k = f2t_tensor(F2_F32, F2_CPU, 4, ks);
+  f2_tensor *v = f2t_tensor(F2_F32, F2_CPU, 4, ks), *vb = f2t_tensor(F2_BF16, F2_CPU, 4, ks);
+  f2_tensor *cs = f2t_tensor(F2_F32, F2_CPU, 2, ts), *sn = f2t_tensor(F2_F32, F2_CPU, 2, ts);
   CHECK_OK(f2_fill(cs, 1.0));
   CHECK_OK(f2_fill(sn, 0.0));
   CHECK(f2_qkv_rope_forward(q, k, vb, y, cs, sn) == F2_ERR_ARG && strstr(f2_last_error(), "one dtype"),
@@ -207,11 +191,11 @@ static void qkv_refusals(void) {
   CHECK(f2_qkv_rope_forward(q, k, v, y2, cs, sn) == F2_ERR_ARG && strstr(f2_last_error(), "y has shape"),
         "qkv_rope: y narrower than the heads refused: %s", f2_last_error());
   int64_t k2s[4] = {B, T, Hkv, Dh + 2};
-  f2_tensor *k2 = new_tensor(F2_F32, 4, k2s);
+  f2_tensor *k2 = f2t_tensor(F2_F32, F2_CPU, 4, k2s);
   CHECK(f2_qkv_rope_backward(y, q, k2, v, cs, sn) == F2_ERR_ARG && strstr(f2_last_error(), "dk has shape"),
         "qkv_rope: dk of another head_dim refused: %s", f2_last_error());
   int64_t short_t[2] = {T - 1, Dh / 2};
-  f2_tensor *cs2 = new_tensor(F2_F32, 2, short_t);
+  f2_tensor *cs2 = f2t_tensor(F2_F32, F2_CPU, 2, short_t);
   CHECK(f2_qkv_rope_forward(q, k, v, y, cs2, cs2) == F2_ERR_ARG && strstr(f2_last_error(), "positions"),
         "qkv_rope: tables too short refused: %s", f2_last_error());
   CHECK(f2_qkv_rope_forward(q, k, v, NULL, cs, sn) == F2_ERR_ARG, "qkv_rope: NULL y refused");
@@ -229,38 +213,38 @@ static void swiglu_case(int32_t dtype, int64_t B, int64_t R, int64_t I, int64_t 
            (long long)I, (long long)pad, f2_dtype_name(dtype));
   int64_t W = 2 * I + pad, ys[3] = {B, R, W}, shape[3] = {B, R, I}, stride[3] = {R * W, W, 1};
   f2_tensor *y = randn(dtype, 3, ys);
-  f2_tensor *gv = view(y, 3, shape, stride, 0), *uv = view(y, 3, shape, stride, I);
+  f2_tensor *gv = f2t_view(y, 3, shape, stride, 0), *uv = f2t_view(y, 3, shape, stride, I);
   f2_tensor *gc = contiguous_copy(gv), *uc = contiguous_copy(uv);
-  f2_tensor *out = new_tensor(dtype, 3, shape), *ref = new_tensor(dtype, 3, shape);
+  f2_tensor *out = f2t_tensor(dtype, F2_CPU, 3, shape), *ref = f2t_tensor(dtype, F2_CPU, 3, shape);
   CHECK_OK(f2_swiglu_forward(out, gv, uv));
   CHECK_OK(f2_swiglu_forward(ref, gc, uc));
   CHECK(same_bits(out, ref, what), "%s: forward from the strided halves", what);
   /* strided out inside a sentinel-filled buffer */
-  f2_tensor *wide = new_tensor(dtype, 3, ys);
+  f2_tensor *wide = f2t_tensor(dtype, F2_CPU, 3, ys);
   fill_bits(wide, 0x5a);
-  f2_tensor *ov = view(wide, 3, shape, stride, I);
+  f2_tensor *ov = f2t_view(wide, 3, shape, stride, I);
   CHECK_OK(f2_swiglu_forward(ov, gc, uc));
   CHECK(same_bits(ov, ref, what), "%s: forward into a strided out", what);
   CHECK(untouched_outside(wide, ov, 0x5a), "%s: forward wrote outside its out view", what);
   /* backward: reference on contiguous copies; then in place over the fused buffer's halves */
   f2_tensor *dout = randn(dtype, 3, shape);
-  f2_tensor *dg = new_tensor(dtype, 3, shape), *du = new_tensor(dtype, 3, shape);
+  f2_tensor *dg = f2t_tensor(dtype, F2_CPU, 3, shape), *du = f2t_tensor(dtype, F2_CPU, 3, shape);
   CHECK_OK(f2_swiglu_backward(dg, du, dout, gc, uc));
   f2_tensor *y2 = contiguous_copy(y);
-  f2_tensor *gv2 = view(y2, 3, shape, stride, 0), *uv2 = view(y2, 3, shape, stride, I);
+  f2_tensor *gv2 = f2t_view(y2, 3, shape, stride, 0), *uv2 = f2t_view(y2, 3, shape, stride, I);
   CHECK_OK(f2_swiglu_backward(gv2, uv2, dout, gv2, uv2));
   CHECK(same_bits(gv2, dg, what), "%s: backward dgate in place over the gate half", what);
   CHECK(same_bits(uv2, du, what), "%s: backward dup in place over the up half", what);
   if (pad > 0) {   /* the padding columns are the input's still */
     int64_t ps[3] = {B, R, pad};
-    f2_tensor *p1 = view(y, 3, ps, stride, 2 * I), *p2 = view(y2, 3, ps, stride, 2 * I);
+    f2_tensor *p1 = f2t_view(y, 3, ps, stride, 2 * I), *p2 = f2t_view(y2, 3, ps, stride, 2 * I);
     CHECK(same_bits(p1, p2, what), "%s: backward wrote into the padding", what);
     f2_tensor_free(p1), f2_tensor_free(p2);
   }
   /* strided dout too (a view of another wide buffer) */
-  f2_tensor *dwide = randn(dtype, 3, ys), *dov = view(dwide, 3, shape, stride, 0), *doc = contiguous_copy(dov);
-  f2_tensor *dg2 = new_tensor(dtype, 3, shape), *du2 = new_tensor(dtype, 3, shape);
-  f2_tensor *dg3 = new_tensor(dtype, 3, shape), *du3 = new_tensor(dtype, 3, shape);
+  f2_tensor *dwide = randn(dtype, 3, ys), *dov = f2t_view(dwide, 3, shape, stride, 0), *doc = contiguous_copy(dov);
+  f2_tensor *dg2 = f2t_tensor(dtype, F2_CPU, 3, shape), *du2 = f2t_tensor(dtype, F2_CPU, 3, shape);
+  f2_tensor *dg3 = f2t_tensor(dtype, F2_CPU, 3, shape), *du3 = f2t_tensor(dtype, F2_CPU, 3, shape);
   CHECK_OK(f2_swiglu_backward(dg2, du2, dov, gv, uv));
   CHECK_OK(f2_swiglu_backward(dg3, du3, doc, gc, uc));
   CHECK(same_bits(dg2, dg3, what) && same_bits(du2, du3, what), "%s: backward with every input strided", what);
@@ -270,19 +254,19 @@ static void swiglu_case(int32_t dtype, int64_t B, int64_t R, int64_t I, int64_t 
 
 static void swiglu_refusals(void) {
   int64_t ys[2] = {6, 20}, shape[2] = {6, 8};
-  f2_tensor *y = randn(F2_F32, 2, ys), *out = new_tensor(F2_F32, 2, shape);
+  f2_tensor *y = randn(F2_F32, 2, ys), *out = f2t_tensor(F2_F32, F2_CPU, 2, shape);
   int64_t s_bad[2] = {20, 2};   /* columns 2 apart */
-  f2_tensor *bad = view(y, 2, shape, s_bad, 0), *ok = view(y, 2, shape, (int64_t[]){20, 1}, 0);
+  f2_tensor *bad = f2t_view(y, 2, shape, s_bad, 0), *ok = f2t_view(y, 2, shape, (int64_t[]){20, 1}, 0);
   CHECK(f2_swiglu_forward(out, bad, ok) == F2_ERR_ARG && strstr(f2_last_error(), "gate (shape"),
         "swiglu: gate columns apart refused: %s", f2_last_error());
   CHECK(f2_swiglu_backward(out, bad, ok, ok, ok) == F2_ERR_ARG && strstr(f2_last_error(), "dup (shape"),
         "swiglu: dup columns apart refused: %s", f2_last_error());
   int64_t s_t[2] = {1, 6};   /* a transposed view: rows of one element */
-  f2_tensor *tr = view(y, 2, shape, s_t, 0);
+  f2_tensor *tr = f2t_view(y, 2, shape, s_t, 0);
   CHECK(f2_swiglu_forward(out, ok, tr) == F2_ERR_ARG && strstr(f2_last_error(), "up (shape"),
         "swiglu: a transposed up refused: %s", f2_last_error());
   int64_t other[2] = {6, 9};
-  f2_tensor *o2 = new_tensor(F2_F32, 2, other);
+  f2_tensor *o2 = f2t_tensor(F2_F32, F2_CPU, 2, other);
   CHECK(f2_swiglu_forward(o2, ok, ok) == F2_ERR_ARG && strstr(f2_last_error(), "out has shape"),
         "swiglu: out of another shape refused: %s", f2_last_error());
   f2_tensor_free(y), f2_tensor_free(out), f2_tensor_free(bad), f2_tensor_free(ok), f2_tensor_free(tr), f2_tensor_free(o2);
