@@ -66,17 +66,30 @@ static double atol_of(int32_t dtype) { return dtype == F2_BF16 ? 1e-2 : 1e-6; }
 
 /* ---------------------------------------------------------------- RoPE */
 
+/* RoPE tables for head dim Dh and `positions` positions (HF's inv_freq, base 10000): t[0], t[1] the CPU's
+ * cos and sin, t[2], t[3] their GPU copies. */
+typedef struct {
+  f2_tensor *t[4];
+} rope_tables;
+static rope_tables make_tables(int64_t Dh, int64_t positions) {
+  int64_t half = Dh / 2, ts[2] = {positions, half};
+  f2_tensor *inv = f2t_tensor(F2_F32, F2_CPU, 1, &half);
+  for (int64_t i = 0; i < half; i++) ((float *)inv->data)[i] = (float)pow(10000.0, -2.0 * (double)i / (double)Dh);
+  rope_tables r;
+  r.t[0] = f2t_tensor(F2_F32, F2_CPU, 2, ts), r.t[1] = f2t_tensor(F2_F32, F2_CPU, 2, ts);
+  CHECK_OK(f2_rope_tables(r.t[0], r.t[1], inv));
+  r.t[2] = on(F2_CUDA, r.t[0]), r.t[3] = on(F2_CUDA, r.t[1]);
+  f2_tensor_free(inv);
+  return r;
+}
+
 /* Y [B, T, W], W = (H + 2 Hkv) Dh + pad: q, k, v heads side by side per row. Each op runs on the CPU and
  * the GPU on the same views; outputs compared whole. */
 static void rope_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t Dh, int64_t pad) {
   char what[256];
-  int64_t W = (H + 2 * Hkv) * Dh + pad, ys[3] = {B, T, W}, half = Dh / 2;
-  int64_t ts[2] = {T + 2, half}, is = half;
-  f2_tensor *inv = f2t_tensor(F2_F32, F2_CPU, 1, &is);
-  for (int64_t i = 0; i < half; i++) ((float *)inv->data)[i] = (float)pow(10000.0, -2.0 * (double)i / (double)Dh);
-  f2_tensor *cs = f2t_tensor(F2_F32, F2_CPU, 2, ts), *sn = f2t_tensor(F2_F32, F2_CPU, 2, ts);
-  CHECK_OK(f2_rope_tables(cs, sn, inv));
-  f2_tensor *cs_g = on(F2_CUDA, cs), *sn_g = on(F2_CUDA, sn);
+  int64_t W = (H + 2 * Hkv) * Dh + pad, ys[3] = {B, T, W};
+  rope_tables tb = make_tables(Dh, T + 2);
+  f2_tensor *cs = tb.t[0], *sn = tb.t[1], *cs_g = tb.t[2], *sn_g = tb.t[3];
   f2_tensor *y = randn(dtype, 3, ys), *y_g = on(F2_CUDA, y);
   struct { int64_t heads, col; const char *name; } parts[2] = {{H, 0, "q"}, {Hkv, H * Dh, "k"}};
   for (int p = 0; p < 2; p++) {
@@ -124,7 +137,7 @@ static void rope_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hk
       for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) f2_tensor_free(all[i]);
     }
   }
-  f2_tensor *all[] = {inv, cs, sn, cs_g, sn_g, y, y_g};
+  f2_tensor *all[] = {cs, sn, cs_g, sn_g, y, y_g};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) f2_tensor_free(all[i]);
 }
 
@@ -132,14 +145,11 @@ static void rope_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hk
  * into a sentinel-filled Y (compared whole: the pad columns must stay as they were), GPU against CPU. */
 static void qkv_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t Dh, int64_t pad) {
   char what[200];
-  int64_t W = (H + 2 * Hkv) * Dh + pad, ys[2] = {B * T, W}, half = Dh / 2;
-  int64_t rows[2] = {B * T, W - pad}, rs[2] = {W, 1}, ts[2] = {T + 2, half}, is = half;
+  int64_t W = (H + 2 * Hkv) * Dh + pad, ys[2] = {B * T, W};
+  int64_t rows[2] = {B * T, W - pad}, rs[2] = {W, 1};
   int64_t qs[4] = {B, T, H, Dh}, ks[4] = {B, T, Hkv, Dh};
-  f2_tensor *inv = f2t_tensor(F2_F32, F2_CPU, 1, &is);
-  for (int64_t i = 0; i < half; i++) ((float *)inv->data)[i] = (float)pow(10000.0, -2.0 * (double)i / (double)Dh);
-  f2_tensor *cs = f2t_tensor(F2_F32, F2_CPU, 2, ts), *sn = f2t_tensor(F2_F32, F2_CPU, 2, ts);
-  CHECK_OK(f2_rope_tables(cs, sn, inv));
-  f2_tensor *cs_g = on(F2_CUDA, cs), *sn_g = on(F2_CUDA, sn);
+  rope_tables tb = make_tables(Dh, T + 2);
+  f2_tensor *cs = tb.t[0], *sn = tb.t[1], *cs_g = tb.t[2], *sn_g = tb.t[3];
   f2_tensor *y = randn(dtype, 2, ys), *y_g = on(F2_CUDA, y);
   f2_tensor *yv = f2t_view(y, 2, rows, rs, 0), *yv_g = f2t_view(y_g, 2, rows, rs, 0);
   f2_tensor *q = f2t_tensor(dtype, F2_CPU, 4, qs), *k = f2t_tensor(dtype, F2_CPU, 4, ks), *v = f2t_tensor(dtype, F2_CPU, 4, ks);
@@ -167,7 +177,7 @@ static void qkv_case(int32_t dtype, int64_t B, int64_t T, int64_t H, int64_t Hkv
   snprintf(what, sizeof what, "qkv_rope backward [%lld,%lld] heads %lld/%lld x %lld pad %lld %s (whole rows)",
            (long long)B, (long long)T, (long long)H, (long long)Hkv, (long long)Dh, (long long)pad, dn(dtype));
   compare(dy_g, dy, rtol_of(dtype), atol_of(dtype), what);
-  f2_tensor *all[] = {inv, cs, sn, cs_g, sn_g, y, y_g, yv, yv_g, q, k, v, q_g, k_g, v_g, q_g2, k_g2, v_g2,
+  f2_tensor *all[] = {cs, sn, cs_g, sn_g, y, y_g, yv, yv_g, q, k, v, q_g, k_g, v_g, q_g2, k_g2, v_g2,
                       dq_g, dk_g, dv_g, dy, dy_g, dyv, dyv_g};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) f2_tensor_free(all[i]);
 }
