@@ -1,5 +1,5 @@
 /* attention_cudnn.cpp — the causal GQA attention through cuDNN's fused SDPA (forward, and the backward in
- * cuDNN's deterministic mode), used by attention.cu when asked (F2_ATTN_CUDNN=1) and it applies: bf16
+ * cuDNN's deterministic mode), used by attention.cu by default (F2_ATTN_CUDNN=0 turns it off) where it applies: bf16
  * tensors, head dim 64 or 128, libcudnn.so.9 loadable at run time. On an H200 (cuDNN 9.19) it runs
  * SmolLM2's 8x2048 attention in about 0.12 ms forward and 0.45 ms backward against 0.215 / 0.656 for
  * attention.cu's kernels (docs/performance.md), and two backward runs give the same bits.
@@ -59,9 +59,9 @@ State state;
 
 enum : int64_t { kQ = 1, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV };
 
-bool enabled() {   /* opt-in for now (docs/performance.md: what is verified and what is not yet) */
+bool enabled() {   /* on unless F2_ATTN_CUDNN=0 */
   const char *e = getenv("F2_ATTN_CUDNN");
-  return e && e[0] == '1' && e[1] == 0;
+  return !(e && e[0] == '0' && e[1] == 0);
 }
 
 /* The folder of the cuDNN that python3's nvidia-cudnn package holds (PyTorch's wheels bring one), or "". */
@@ -262,8 +262,9 @@ int cudnn_backward(const bwd_args &a, const f2_tensor *out) {
 
 int cudnn_describe(char *buf, size_t size) {
   if (!load(false)) return snprintf(buf, size, "cuDNN attention: off, %s\n", state.why);
-  return snprintf(buf, size, "cuDNN attention: cuDNN %zu.%zu.%zu (%s), used with F2_ATTN_CUDNN=1\n",
-                  state.version / 10000, state.version / 100 % 100, state.version % 100, state.from);
+  return snprintf(buf, size, "cuDNN attention: cuDNN %zu.%zu.%zu (%s)%s\n",
+                  state.version / 10000, state.version / 100 % 100, state.version % 100, state.from,
+                  enabled() ? "" : ", turned off by F2_ATTN_CUDNN=0");
 }
 
 #else   /* built without the cuDNN frontend */

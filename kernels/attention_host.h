@@ -24,7 +24,7 @@ struct bwd_args {
   cudaStream_t stream;
 };
 
-/* attention_cudnn.cpp: the op through cuDNN's fused SDPA when asked (F2_ATTN_CUDNN=1) and it applies (bf16,
+/* attention_cudnn.cpp: the op through cuDNN's fused SDPA unless F2_ATTN_CUDNN=0, where it applies (bf16,
  * head dim 64/128, libcudnn loadable): 1 = done, 0 = not taken (the caller runs its kernels), < 0 = an
  * error. The backward reads a.lse and writes a.dq, a.dk, a.dv; a.dvec is not used. */
 int cudnn_forward(f2_tensor *out, f2_tensor *lse, const f2_tensor *q, const f2_tensor *k, const f2_tensor *v,

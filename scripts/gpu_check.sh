@@ -10,7 +10,7 @@ mkdir -p "$out"
 build=$(cd "$build" && pwd)
 export F2_BIN=$build/fairy2 F2_LIB=$build/libfairy2.so F2_SOURCE_DIR=$PWD F2_BUILD_DIR=$build
 export F2_GEMM_CACHE=${F2_GEMM_CACHE:-$out/gemm-algos.tsv}   # the GEMM algorithm choices of this check, not ~/.cache's
-# cuDNN from PyTorch's wheels (nvidia-cudnn-*), when there, for test_gpu_attention's F2_ATTN_CUDNN=1 cases.
+# cuDNN from PyTorch's wheels (nvidia-cudnn-*), when there, for the attention's default path (test_gpu_attention's cuDNN cases).
 cudnn_dir=$(python3 -c "import nvidia.cudnn as m; print(list(m.__path__)[0])" 2>/dev/null || true)
 [ -n "$cudnn_dir" ] && [ -d "$cudnn_dir/lib" ] && export LD_LIBRARY_PATH="$cudnn_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"

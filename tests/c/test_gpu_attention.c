@@ -6,9 +6,10 @@
  * twice must give the same bits. Errors are measured against the largest magnitude of the reference
  * (fp32 1e-4, bf16 2e-2: P and dS go through bf16 GEMMs). Each failure prints the count of bad
  * elements, the first (index and coordinates, got vs want) and the max error. F2_TEST_VERBOSE=1 prints
- * every compare. The tensor-core cases run again under every tile variant (F2_ATTN_VARIANT), and under
- * cuDNN's fused attention (F2_ATTN_CUDNN=1; attention.cu's kernels where libcudnn does not load). Exit 77
- * without a GPU. */
+ * every compare. All of that runs attention.cu's own kernels (F2_ATTN_CUDNN=0); the tensor-core cases
+ * run again under every tile variant (F2_ATTN_VARIANT), and under cuDNN's fused attention, the default
+ * where libcudnn loads (the test prints which cuDNN it found; where none loads these cases run
+ * attention.cu's kernels again). Exit 77 without a GPU. */
 #include <string.h>
 
 #include "f2test.h"
@@ -200,6 +201,11 @@ int main(void) {
   static const int64_t seqs[] = {1, 17, 64, 129, 300};
   static const int64_t head_dims[] = {64, 128, 96, 32};
   static const int32_t dtypes[] = {F2_F32, F2_BF16};
+  /* attention.cu's kernels first; cuDNN's own section below. */
+  const char *cudnn_env = getenv("F2_ATTN_CUDNN");
+  char cudnn_saved[16];
+  snprintf(cudnn_saved, sizeof cudnn_saved, "%s", cudnn_env ? cudnn_env : "");
+  setenv("F2_ATTN_CUDNN", "0", 1);
   int n = 0;
   /* Every dtype x head_dim x T, the head layouts and batch sizes cycling through. */
   for (int di = 0; di < 2; di++)
@@ -251,12 +257,13 @@ int main(void) {
   else
     unsetenv("F2_ATTN_VARIANT");
 
-  /* cuDNN's fused attention (F2_ATTN_CUDNN=1, kernels/attention_cudnn.cpp) on the tensor-core cases, where
-   * libcudnn loads; elsewhere they run attention.cu's kernels again. */
-  const char *cudnn_env = getenv("F2_ATTN_CUDNN");
-  char cudnn_saved[16];
-  snprintf(cudnn_saved, sizeof cudnn_saved, "%s", cudnn_env ? cudnn_env : "");
+  /* cuDNN's fused attention (kernels/attention_cudnn.cpp) on the tensor-core cases, where libcudnn loads;
+   * elsewhere they run attention.cu's kernels again. */
   setenv("F2_ATTN_CUDNN", "1", 1);
+  char info[2048];
+  f2_build_info(info, sizeof info);
+  const char *line = strstr(info, "cuDNN attention:");
+  printf("%.*s\n", line ? (int)strcspn(line, "\n") : 24, line ? line : "cuDNN attention: (no line)");
   snprintf(variant, sizeof variant, "cudnn");
   for (size_t ci = 0; ci < sizeof vcases / sizeof *vcases; ci++) run_case(vcases[ci]);
   run_case((attn_case){1, 517, 4, 2, 64, F2_BF16, F2_BF16, F2_BF16, F2_BF16, 1.0, 0.125f});
