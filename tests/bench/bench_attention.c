@@ -5,8 +5,10 @@
  * and TFLOP/s counted causal (forward 2*2*B*H*T*T*Dh/2, backward 2.5x that). The baseline row is a bf16
  * cuBLAS GEMM (f2_matmul, 4096^3) in the same run: what the tensor cores give a plain GEMM here.
  *
- * Then every tile variant of each kernel (F2_ATTN_VARIANT=fwd=N / dq=N / kv=N, on top of whatever
- * F2_ATTN_VARIANT was set to at start): the forward variants time the forward, the dQ and dK/dV variants
+ * First cuDNN's fused attention (kernels/attention_cudnn.cpp, the default where libcudnn loads), then
+ * attention.cu's own kernels (F2_ATTN_CUDNN=0): their default and every tile variant of each kernel
+ * (F2_ATTN_VARIANT=fwd=N / dq=N / kv=N, on top of whatever F2_ATTN_VARIANT was set to at start): the
+ * forward variants time the forward, the dQ and dK/dV variants
  * the backward (the other kernel at its default, so the rows differ by that kernel's time). Before
  * timing, each variant runs forward and backward on B=1 T=333 with the shape's heads against the CPU
  * reference: the max error over out, dq, dk, dv relative to each one's max |ref| is printed (BAD above
@@ -194,6 +196,11 @@ int main(int argc, char **argv) {
   char base[256];
   snprintf(base, sizeof base, "%s", env ? env : "");
   printf("F2_ATTN_VARIANT at start: \"%s\"; max err: relative, on B=1 T=333 vs the CPU\n", base);
+  char info[2048];
+  f2_build_info(info, sizeof info);
+  const char *line = strstr(info, "cuDNN attention:");
+  printf("%.*s; the cudnn rows are attention.cu's default where it is off\n", line ? (int)strcspn(line, "\n") : 0,
+         line ? line : "");
   printf("%-18s %-9s %-10s %-12s %9s %9s\n", "shape", "pass", "variant", "max err", "ms", "TFLOP/s");
 
   attn_ctx g = {0};
@@ -232,21 +239,24 @@ int main(int argc, char **argv) {
     double flops = 4.0 * B * H * T * T * D / 2;
     int calls = T * B >= 8192 ? 5 : 20;
 
-    /* The default (the variant set at start), then each kernel's list. */
-    static const char *const kernels[] = {"", "fwd", "dq", "kv"};
-    for (int kn = 0; kn < 4; kn++)
-      for (int vi = 0; vi < (kn ? 64 : 1); vi++) {
+    /* cuDNN's fused attention (the default where libcudnn loads), then attention.cu's kernels: their
+     * default (the variant set at start) and each kernel's list. */
+    static const char *const kernels[] = {"cudnn", "", "fwd", "dq", "kv"};
+    for (int kn = 0; kn < 5; kn++)
+      for (int vi = 0; vi < (kn > 1 ? 64 : 1); vi++) {
         char var[16] = "default", spec[300];
-        if (kn) snprintf(var, sizeof var, "%s=%d", kernels[kn], vi);
-        snprintf(spec, sizeof spec, "%s%s%s", base, base[0] && kn ? "," : "", kn ? var : "");
-        if (setenv("F2_ATTN_VARIANT", spec, 1) != 0) die("setenv");
+        if (kn == 0) snprintf(var, sizeof var, "cudnn");
+        if (kn > 1) snprintf(var, sizeof var, "%s=%d", kernels[kn], vi);
+        snprintf(spec, sizeof spec, "%s%s%s", base, base[0] && kn > 1 ? "," : "", kn > 1 ? var : "");
+        if (setenv("F2_ATTN_VARIANT", spec, 1) != 0 || setenv("F2_ATTN_CUDNN", kn ? "0" : "1", 1) != 0)
+          die("setenv");
         double err;
         if (check_variant(&chk, &err)) break;   /* past the list */
-        if (kn != 2 && kn != 3) {
+        if (kn != 3 && kn != 4) {
           double fwd = time_ms(run_forward, &x, samples, calls);
           print_row(shapes[i].name, "forward", var, err, fwd, flops / (fwd * 1e9));
         }
-        if (kn != 1) {
+        if (kn != 2) {
           double bwd = time_ms(run_backward, &x, samples, calls);
           print_row(shapes[i].name, "backward", var, err, bwd, 2.5 * flops / (bwd * 1e9));
         }
