@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <type_traits>
+
 namespace {
 
 /* ---------------------------------------------------------------- loads and stores of V elements
@@ -696,6 +698,36 @@ __global__ void rope_tables_kernel(float *cos_table, float *sin_table, const flo
   }
 }
 
+/* Item i of n = rows * per_row, rows of `heads` heads after each other and per_row items a head row:
+ * its (b, t) row bt, position t = bt % seq, head h and first element j (items take V pairs). 32-bit
+ * division when it fits (64-bit is emulated, several times slower). */
+template <int V>
+__device__ __forceinline__ void head_item(int64_t i, int64_t n, int64_t per_row, int64_t heads, int64_t seq,
+                                          int64_t &bt, int64_t &t, int64_t &h, int64_t &j) {
+  if (n <= 0xffffffffll) {
+    uint32_t r = (uint32_t)i / (uint32_t)per_row, b = r / (uint32_t)heads;
+    bt = b, t = b % (uint32_t)seq, h = r - b * (uint32_t)heads, j = ((uint32_t)i - r * (uint32_t)per_row) * V;
+  } else {
+    int64_t row = i / per_row;
+    bt = row / heads, t = bt % seq, h = row % heads, j = (i % per_row) * V;
+  }
+}
+
+/* V pairs (x1, x2) rotated by the angles of position t, pairs j.. of the tables (sign -1: back). */
+template <int V>
+__device__ __forceinline__ void rotate(float (&o1)[V], float (&o2)[V], const float (&x1)[V], const float (&x2)[V],
+                                       const float *cos_table, const float *sin_table, int64_t at, float sign) {
+  float c[V], s[V];
+  load_v<V>(cos_table, 0, at, c);
+  load_v<V>(sin_table, 0, at, s);
+#pragma unroll
+  for (int k = 0; k < V; k++) {
+    float sk = sign * s[k];
+    o1[k] = x1[k] * c[k] - x2[k] * sk;
+    o2[k] = x2[k] * c[k] + x1[k] * sk;
+  }
+}
+
 /* A thread per V pairs (i, i + half) of one head row: both halves read before either is written (out may
  * be x). Rows are (b, t, h); position t = row / heads % seq. The (b, t) rows of H heads sit ldx (x) and
  * ldo (out) elements apart: contiguous, or heads inside a fused q/k/v projection's rows. */
@@ -705,27 +737,13 @@ __global__ void rope_kernel(void *out, int out_bf, const void *x, int x_bf, cons
                             int64_t ldx, int64_t ldo, float sign) {
   const int64_t per_row = half / V, n = rows * per_row;
   F2_GRID_STRIDE(i, n) {
-    int64_t bt, h, j, t;
-    if (n <= 0xffffffffll) {   /* 32-bit division when it fits (64-bit is emulated, several times slower) */
-      uint32_t r = (uint32_t)i / (uint32_t)per_row, b = r / (uint32_t)heads;
-      bt = b, h = r - b * (uint32_t)heads, j = ((uint32_t)i - r * (uint32_t)per_row) * V, t = b % (uint32_t)seq;
-    } else {
-      int64_t row = i / per_row;
-      bt = row / heads, h = row % heads, j = (i % per_row) * V, t = bt % seq;
-    }
-    int64_t xb = bt * ldx + h * 2 * half + j, ob = bt * ldo + h * 2 * half + j;
-    float x1[V], x2[V], c[V], s[V];
+    int64_t bt, t, h, j;
+    head_item<V>(i, n, per_row, heads, seq, bt, t, h, j);
+    const int64_t xb = bt * ldx + h * 2 * half + j, ob = bt * ldo + h * 2 * half + j;
+    float x1[V], x2[V], o1[V], o2[V];
     load_v<V>(x, x_bf, xb, x1);
     load_v<V>(x, x_bf, xb + half, x2);
-    load_v<V>(cos_table, 0, t * half + j, c);
-    load_v<V>(sin_table, 0, t * half + j, s);
-    float o1[V], o2[V];
-#pragma unroll
-    for (int k = 0; k < V; k++) {
-      float sk = sign * s[k];
-      o1[k] = x1[k] * c[k] - x2[k] * sk;
-      o2[k] = x2[k] * c[k] + x1[k] * sk;
-    }
+    rotate<V>(o1, o2, x1, x2, cos_table, sin_table, t * half + j, sign);
     store_v<V>(out, out_bf, ob, o1);
     store_v<V>(out, out_bf, ob + half, o2);
   }
@@ -741,14 +759,8 @@ __global__ void qkv_rope_kernel(void *y, void *q, void *k, void *v, int bf, cons
                                 int64_t half, int64_t ldy, int merge) {
   const int64_t heads = H + 2 * Hkv, per_row = half / V, n = rows * heads * per_row, hd = 2 * half;
   F2_GRID_STRIDE(i, n) {
-    int64_t bt, h, j;
-    if (n <= 0xffffffffll) {   /* 32-bit division when it fits */
-      uint32_t r = (uint32_t)i / (uint32_t)per_row, b = r / (uint32_t)heads;
-      bt = b, h = r - b * (uint32_t)heads, j = ((uint32_t)i - r * (uint32_t)per_row) * V;
-    } else {
-      int64_t row = i / per_row;
-      bt = row / heads, h = row % heads, j = (i % per_row) * V;
-    }
+    int64_t bt, t, h, j;
+    head_item<V>(i, n, per_row, heads, seq, bt, t, h, j);
     void *part = h < H ? q : h < H + Hkv ? k : v;
     const int64_t ph = h < H ? h : h < H + Hkv ? h - H : h - H - Hkv, pheads = h < H ? H : Hkv;
     const int64_t pb = (bt * pheads + ph) * hd + j, yb = bt * ldy + h * hd + j;
@@ -759,17 +771,8 @@ __global__ void qkv_rope_kernel(void *y, void *q, void *k, void *v, int bf, cons
     load_v<V>(src, bf, sb, x1);
     load_v<V>(src, bf, sb + half, x2);
     if (h < H + Hkv) {
-      const int64_t t = bt % seq;
-      const float sign = merge ? -1.0f : 1.0f;
-      float c[V], s[V], o1[V], o2[V];
-      load_v<V>(cos_table, 0, t * half + j, c);
-      load_v<V>(sin_table, 0, t * half + j, s);
-#pragma unroll
-      for (int e = 0; e < V; e++) {
-        float se = sign * s[e];
-        o1[e] = x1[e] * c[e] - x2[e] * se;
-        o2[e] = x2[e] * c[e] + x1[e] * se;
-      }
+      float o1[V], o2[V];
+      rotate<V>(o1, o2, x1, x2, cos_table, sin_table, t * half + j, merge ? -1.0f : 1.0f);
       store_v<V>(dst, bf, db, o1);
       store_v<V>(dst, bf, db + half, o2);
     } else {
@@ -1399,6 +1402,18 @@ static int vec_width(int64_t cols, const vec_operand *ops, int n) {
   return 1;
 }
 
+/* Calls launch(V) with V = std::integral_constant<int, v> for v = 8, 4 or 1 (vec_width's answer): the
+ * elementwise row kernels are templates on their width. */
+template <typename F>
+static void with_width(int v, F &&launch) {
+  if (v == 8)
+    launch(std::integral_constant<int, 8>());
+  else if (v == 4)
+    launch(std::integral_constant<int, 4>());
+  else
+    launch(std::integral_constant<int, 1>());
+}
+
 /* out and x come from the dispatch with strides {T*ld, ld, Dh, 1} (nn_cpu.c: rope_layout). */
 extern "C" int f2_cuda_rope(f2_tensor *out, const f2_tensor *x, const f2_tensor *cos_table, const f2_tensor *sin_table,
                             float sign) {
@@ -1410,18 +1425,11 @@ extern "C" int f2_cuda_rope(f2_tensor *out, const f2_tensor *x, const f2_tensor 
                               {out->data, (int64_t)f2_dtype_size(out->dtype), ldo},
                               {cos_table->data, 4, half},
                               {sin_table->data, 4, half}};
-  const int v = vec_width(half, ops, 4);
-#define F2_ROPE(V) \
-  rope_kernel<V><<<f2_blocks(rows * half / V, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>( \
-      out->data, is_bf16(out), x->data, is_bf16(x), (const float *)cos_table->data, \
-      (const float *)sin_table->data, rows, seq, heads, half, ldx, ldo, sign)
-  if (v == 8)
-    F2_ROPE(8);
-  else if (v == 4)
-    F2_ROPE(4);
-  else
-    F2_ROPE(1);
-#undef F2_ROPE
+  with_width(vec_width(half, ops, 4), [&](auto V) {
+    rope_kernel<V><<<f2_blocks(rows * half / V, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
+        out->data, is_bf16(out), x->data, is_bf16(x), (const float *)cos_table->data,
+        (const float *)sin_table->data, rows, seq, heads, half, ldx, ldo, sign);
+  });
   F2_CUDA_CHECK_LAUNCH("rope_kernel");
   return F2_OK;
 }
@@ -1436,18 +1444,11 @@ extern "C" int f2_cuda_qkv_rope(f2_tensor *y, f2_tensor *q, f2_tensor *k, f2_ten
   const vec_operand ops[6] = {{y->data, esz, ldy},          {q->data, esz, hd},   {k->data, esz, hd},
                               {v->data, esz, hd},           {cos_table->data, 4, half},
                               {sin_table->data, 4, half}};
-  const int vw = vec_width(half, ops, 6);
-#define F2_QKV_ROPE(V) \
-  qkv_rope_kernel<V><<<f2_blocks(rows * (H + 2 * Hkv) * half / V, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>( \
-      y->data, q->data, k->data, v->data, is_bf16(y), (const float *)cos_table->data, \
-      (const float *)sin_table->data, rows, seq, H, Hkv, half, ldy, merge)
-  if (vw == 8)
-    F2_QKV_ROPE(8);
-  else if (vw == 4)
-    F2_QKV_ROPE(4);
-  else
-    F2_QKV_ROPE(1);
-#undef F2_QKV_ROPE
+  with_width(vec_width(half, ops, 6), [&](auto V) {
+    qkv_rope_kernel<V><<<f2_blocks(rows * (H + 2 * Hkv) * half / V, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
+        y->data, q->data, k->data, v->data, is_bf16(y), (const float *)cos_table->data,
+        (const float *)sin_table->data, rows, seq, H, Hkv, half, ldy, merge);
+  });
   F2_CUDA_CHECK_LAUNCH("qkv_rope_kernel");
   return F2_OK;
 }
@@ -1465,18 +1466,11 @@ extern "C" int f2_cuda_swiglu_forward(f2_tensor *out, const f2_tensor *gate, con
   int64_t rows = gate->shape[0], cols = gate->shape[1];
   if (rows * cols == 0) return F2_OK;
   const f2_tensor *all[3] = {out, gate, up};
-  const int v = swiglu_width(cols, all, 3);
-#define F2_SWIGLU_FWD(V) \
-  swiglu_forward_kernel<V><<<f2_blocks(rows * cols / V, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>( \
-      out->data, is_bf16(out), gate->data, is_bf16(gate), up->data, is_bf16(up), rows, cols, out->stride[0], \
-      gate->stride[0], up->stride[0])
-  if (v == 8)
-    F2_SWIGLU_FWD(8);
-  else if (v == 4)
-    F2_SWIGLU_FWD(4);
-  else
-    F2_SWIGLU_FWD(1);
-#undef F2_SWIGLU_FWD
+  with_width(swiglu_width(cols, all, 3), [&](auto V) {
+    swiglu_forward_kernel<V><<<f2_blocks(rows * cols / V, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
+        out->data, is_bf16(out), gate->data, is_bf16(gate), up->data, is_bf16(up), rows, cols, out->stride[0],
+        gate->stride[0], up->stride[0]);
+  });
   F2_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
   return F2_OK;
 }
@@ -1486,19 +1480,12 @@ extern "C" int f2_cuda_swiglu_backward(f2_tensor *dgate, f2_tensor *dup, const f
   int64_t rows = gate->shape[0], cols = gate->shape[1];
   if (rows * cols == 0) return F2_OK;
   const f2_tensor *all[5] = {dgate, dup, dout, gate, up};
-  const int v = swiglu_width(cols, all, 5);
-#define F2_SWIGLU_BWD(V) \
-  swiglu_backward_kernel<V><<<f2_blocks(rows * cols / V, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>( \
-      dgate->data, is_bf16(dgate), dup->data, is_bf16(dup), dout->data, is_bf16(dout), gate->data, \
-      is_bf16(gate), up->data, is_bf16(up), rows, cols, dgate->stride[0], dup->stride[0], dout->stride[0], \
-      gate->stride[0], up->stride[0])
-  if (v == 8)
-    F2_SWIGLU_BWD(8);
-  else if (v == 4)
-    F2_SWIGLU_BWD(4);
-  else
-    F2_SWIGLU_BWD(1);
-#undef F2_SWIGLU_BWD
+  with_width(swiglu_width(cols, all, 5), [&](auto V) {
+    swiglu_backward_kernel<V><<<f2_blocks(rows * cols / V, F2_THREADS), F2_THREADS, 0, f2_cuda_stream()>>>(
+        dgate->data, is_bf16(dgate), dup->data, is_bf16(dup), dout->data, is_bf16(dout), gate->data,
+        is_bf16(gate), up->data, is_bf16(up), rows, cols, dgate->stride[0], dup->stride[0], dout->stride[0],
+        gate->stride[0], up->stride[0]);
+  });
   F2_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
   return F2_OK;
 }
