@@ -1,17 +1,18 @@
 /* attention_cudnn.cpp — the causal GQA attention through cuDNN's fused SDPA (forward, and the backward in
- * cuDNN's deterministic mode), used by attention.cu by default (F2_ATTN_CUDNN=0 turns it off) where it applies: bf16
- * tensors, head dim 64 or 128, libcudnn.so.9 loadable at run time. On an H200 (cuDNN 9.19) it runs
- * SmolLM2's 8x2048 attention in about 0.12 ms forward and 0.45 ms backward against 0.215 / 0.656 for
+ * cuDNN's deterministic mode), used by attention.cu by default (F2_ATTN_CUDNN=0 turns it off) where it
+ * applies: bf16 tensors, head dim 64 or 128, libcudnn.so.9 loadable at run time. On an H200 it runs
+ * SmolLM2's 8x2048 attention in about 0.11 ms forward and 0.42 ms backward against 0.21 / 0.65 for
  * attention.cu's kernels (docs/performance.md), and two backward runs give the same bits.
  *
  * cuDNN is optional twice over. At build time the graph API comes from NVIDIA's header-only cuDNN
  * frontend (`pip install nvidia-cudnn-frontend`; CMake looks for it and for cudnn.h, and without them this
  * file only says "not available"). At run time the library is opened with dlopen (load() says where it
  * looks; `fairy2 --version` says what it found), so a fairy2 built with the frontend still runs where
- * cuDNN is absent: the first call notes why on stderr and attention.cu's kernels run. A graph is built once per shape (in
- * the first, eager step; never while a CUDA graph is being captured) and kept; a shape cuDNN declines
- * keeps attention.cu's kernels. lse is cuDNN's softmax statistics, the natural log-sum-exp of the scaled
- * scores, the same quantity attention.cu writes, so either backward can follow either forward. */
+ * cuDNN is absent: the first call notes why on stderr and attention.cu's kernels run. A graph is built once
+ * per shape (in the first, eager step; never while a CUDA graph is being captured) and kept; a shape cuDNN
+ * declines, or whose workspace is over workspace_cap() (F2_CUDNN_WORKSPACE_MB, else an eighth of the
+ * card), keeps attention.cu's kernels. lse is cuDNN's softmax statistics, the natural log-sum-exp of the
+ * scaled scores, the same quantity attention.cu writes, so either backward can follow either forward. */
 #include "attention_host.h"
 
 #include <stdio.h>
@@ -146,8 +147,26 @@ void as_output(std::shared_ptr<fe::graph::Tensor_attributes> t, int64_t uid, dim
   t->set_output(true).set_uid(uid).set_dim({d.B, heads, d.T, d.D}).set_stride({d.T * heads * d.D, d.D, heads * d.D, 1});
 }
 
-/* The cached graph of this shape, built on first use; nullptr when cuDNN declines it (or during a
- * capture, where nothing new is built). */
+/* The most workspace a graph may take (its deterministic backward's grows as B H T^2: 604 MB for SmolLM2 at
+ * 8 x 2048), so that cuDNN never runs a card out of memory where attention.cu's kernels, which take none,
+ * would not: F2_CUDNN_WORKSPACE_MB when set, else an eighth of the card's memory. */
+int64_t workspace_cap(int dev) {
+  const char *env = getenv("F2_CUDNN_WORKSPACE_MB");
+  if (env && *env) {
+    char *end;
+    long long mb = strtoll(env, &end, 10);
+    if (*end == 0 && mb >= 0) return (int64_t)mb << 20;
+    static bool said;
+    if (!said) fprintf(stderr, "fairy2: F2_CUDNN_WORKSPACE_MB=%s is not a whole number of MiB; ignored\n", env);
+    said = true;
+  }
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, dev) != cudaSuccess) return INT64_MAX;
+  return (int64_t)(prop.totalGlobalMem / 8);
+}
+
+/* The cached graph of this shape, built on first use; nullptr when cuDNN declines it, when its workspace
+ * is over the cap, or during a capture, where nothing new is built. */
 Graph *graph_for(cudnnHandle_t handle, bool backward, dims d, float scale) {
   int dev = 0;
   cudaGetDevice(&dev);
@@ -194,6 +213,14 @@ Graph *graph_for(cudnnHandle_t handle, bool backward, dims d, float scale) {
     bool good = g->validate().is_good() && g->build_operation_graph(handle).is_good() &&
                 g->create_execution_plans({fe::HeurMode_t::A}).is_good() && g->check_support(handle).is_good() &&
                 g->build_plans(handle).is_good() && g->get_workspace_size(e.workspace).is_good();
+    const int64_t cap = workspace_cap(dev);
+    if (good && e.workspace > cap) {
+      fprintf(stderr, "fairy2: cuDNN attention (B=%lld T=%lld H=%lld/%lld D=%lld %s) wants a %.1f MiB workspace, "
+                      "over its cap of %.1f MiB (F2_CUDNN_WORKSPACE_MB); attention.cu's kernels run for this shape\n",
+              (long long)d.B, (long long)d.T, (long long)d.H, (long long)d.Hkv, (long long)d.D,
+              backward ? "backward" : "forward", e.workspace / 1048576.0, cap / 1048576.0);
+      good = false;
+    }
     if (good) {
       e.g = g;
       e.ok = true;

@@ -174,6 +174,47 @@ static void run_case(attn_case c) {
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) f2_tensor_free(all[i]);
 }
 
+/* A cuDNN workspace over F2_CUDNN_WORKSPACE_MB (here 0 MiB; cuDNN's deterministic backward takes B H T^2
+ * bf16): cuDNN declines the shape and attention.cu's kernels run, so the gradients are those of
+ * F2_ATTN_CUDNN=0 bit for bit (cuDNN's differ from them in the last bits). A shape no other case uses:
+ * graphs are built once per shape. */
+static void run_cap_case(void) {
+  const char *label = "[cuDNN workspace over F2_CUDNN_WORKSPACE_MB=0: B=1 T=301 H=4/2 D=64 bf16]";
+  int64_t qs[4] = {1, 301, 4, 64}, ks[4] = {1, 301, 2, 64}, ls[3] = {1, 4, 301};
+  const float scale = 0.125f;
+  f2_tensor *host[4] = {rand_cpu(F2_BF16, 4, qs, 1.0), rand_cpu(F2_BF16, 4, ks, 1.0), rand_cpu(F2_BF16, 4, ks, 1.0),
+                        rand_cpu(F2_BF16, 4, qs, 1.0)};
+  f2_tensor *in[4];   /* q, k, v, dout on the GPU */
+  for (int i = 0; i < 4; i++) in[i] = copy_as(host[i], F2_BF16, F2_CUDA);
+  f2_tensor *out = f2t_tensor(F2_BF16, F2_CUDA, 4, qs), *lse = f2t_tensor(F2_F32, F2_CUDA, 3, ls);
+  const char *cap = getenv("F2_CUDNN_WORKSPACE_MB");
+  char cap_saved[32];
+  snprintf(cap_saved, sizeof cap_saved, "%s", cap ? cap : "");
+  setenv("F2_ATTN_CUDNN", "0", 1);
+  CHECK_OK(f2_attention_forward(out, lse, in[0], in[1], in[2], scale));
+  f2_tensor *g[2][3];   /* attention.cu's kernels; cuDNN over its cap */
+  for (int r = 0; r < 2; r++) {
+    g[r][0] = f2t_tensor(F2_BF16, F2_CUDA, 4, qs);
+    g[r][1] = f2t_tensor(F2_BF16, F2_CUDA, 4, ks);
+    g[r][2] = f2t_tensor(F2_BF16, F2_CUDA, 4, ks);
+    if (r == 1) {
+      setenv("F2_ATTN_CUDNN", "1", 1);
+      setenv("F2_CUDNN_WORKSPACE_MB", "0", 1);
+    }
+    CHECK_OK(f2_attention_backward(g[r][0], g[r][1], g[r][2], in[3], in[0], in[1], in[2], out, lse, scale));
+  }
+  if (cap)
+    setenv("F2_CUDNN_WORKSPACE_MB", cap_saved, 1);
+  else
+    unsetenv("F2_CUDNN_WORKSPACE_MB");
+  compare_bits(label, "backward dq", g[0][0], g[1][0]);
+  compare_bits(label, "backward dk", g[0][1], g[1][1]);
+  compare_bits(label, "backward dv", g[0][2], g[1][2]);
+  f2_tensor *all[] = {host[0], host[1], host[2], host[3], in[0], in[1], in[2], in[3], out, lse,
+                      g[0][0], g[0][1], g[0][2], g[1][0], g[1][1], g[1][2]};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) f2_tensor_free(all[i]);
+}
+
 /* Decode: Tq queries at positions n_past.. against caches of Tmax positions. */
 static void run_decode(int64_t B, int64_t Tq, int64_t n_past, int64_t Tmax, int64_t H, int64_t Hkv, int64_t D,
                        int32_t dtype) {
@@ -270,6 +311,7 @@ int main(void) {
   run_case((attn_case){2, 700, 6, 1, 128, F2_BF16, F2_BF16, F2_BF16, F2_BF16, 2.0, 0.0883883f});
   run_case((attn_case){1, 1024, 2, 2, 64, F2_BF16, F2_BF16, F2_BF16, F2_BF16, 3.0, 0.125f});
   variant[0] = 0;
+  run_cap_case();
   if (cudnn_env)
     setenv("F2_ATTN_CUDNN", cudnn_saved, 1);
   else
