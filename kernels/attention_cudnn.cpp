@@ -155,7 +155,7 @@ int64_t workspace_cap(int dev) {
   if (env && *env) {
     char *end;
     long long mb = strtoll(env, &end, 10);
-    if (*end == 0 && mb >= 0) return (int64_t)mb << 20;
+    if (*end == 0 && mb >= 0) return mb > (INT64_MAX >> 20) ? INT64_MAX : (int64_t)mb << 20;
     static bool said;
     if (!said) fprintf(stderr, "fairy2: F2_CUDNN_WORKSPACE_MB=%s is not a whole number of MiB; ignored\n", env);
     said = true;
