@@ -329,7 +329,7 @@ int time_candidates(Plan *p, const View &first, const View &second, const View &
   }
   cudaEvent_t e0 = nullptr, e1 = nullptr;
   int rc = F2_OK;
-  float best_ms = 0;
+  float best_ms = -1;   /* none timed yet */
   *best = 0;
   if (cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess)
     rc = F2_FAIL(F2_ERR_CUDA, "matmul: creating timing events failed");
@@ -348,7 +348,7 @@ int time_candidates(Plan *p, const View &first, const View &second, const View &
       rc = F2_FAIL(F2_ERR_CUDA, "matmul: timing cuBLASLt algorithms failed: %s", cudaGetErrorString(cudaGetLastError()));
       break;
     }
-    if (ok && (i == 0 || ms < best_ms)) best_ms = ms, *best = i;
+    if (ok && (best_ms < 0 || ms < best_ms)) best_ms = ms, *best = i;
   }
   if (e0) cudaEventDestroy(e0);
   if (e1) cudaEventDestroy(e1);
