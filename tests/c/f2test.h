@@ -63,6 +63,13 @@ static inline void f2t_copy(f2_tensor *dst, const f2_tensor *src) {
   }
 }
 
+/* t's values in a new tensor of the given dtype and device (f2_copy: transfer and cast), or the test stops. */
+static inline f2_tensor *f2t_copy_as(const f2_tensor *t, int32_t dtype, int32_t device) {
+  f2_tensor *c = f2t_tensor(dtype, device, t->ndim, t->shape);
+  f2t_copy(c, t);
+  return c;
+}
+
 /* A view of t (f2_tensor_as_strided: shape, element strides, offset in elements), or the test stops. */
 static inline f2_tensor *f2t_view(const f2_tensor *t, int ndim, const int64_t *shape, const int64_t *stride,
                                   int64_t offset) {

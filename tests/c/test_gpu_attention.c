@@ -19,21 +19,11 @@ static int verbose;
 static char variant[64];   /* F2_ATTN_VARIANT while the variant cases run, for the labels */
 
 
-/* t's values in a new tensor of the given dtype and device (f2_copy: transfer and cast). */
-static f2_tensor *copy_as(const f2_tensor *t, int32_t dtype, int32_t device) {
-  f2_tensor *c = f2t_tensor(dtype, device, t->ndim, t->shape);
-  if (f2_copy(c, t) != F2_OK) {
-    fprintf(stderr, "f2_copy failed: %s\n", f2_last_error());
-    exit(1);
-  }
-  return c;
-}
-
 /* Normal(0, std) values drawn in f32 on the CPU, rounded to dtype (CPU tensor). */
 static f2_tensor *rand_cpu(int32_t dtype, int ndim, const int64_t *shape, double std) {
   f2_tensor *f = f2t_tensor(F2_F32, F2_CPU, ndim, shape);
   CHECK_OK(f2_rand_normal(f, seed++, 0, std));
-  f2_tensor *c = copy_as(f, dtype, F2_CPU);
+  f2_tensor *c = f2t_copy_as(f, dtype, F2_CPU);
   f2_tensor_free(f);
   return c;
 }
@@ -53,7 +43,7 @@ static void coords_text(char *buf, size_t size, const f2_tensor *t, int64_t i) {
  * is NaN); floor: the size below which want is rounding noise (0: none). */
 static void compare_floor(const char *label, const char *what, const f2_tensor *got, const f2_tensor *want,
                           double tol, double floor) {
-  f2_tensor *g = copy_as(got, F2_F32, F2_CPU), *w = copy_as(want, F2_F32, F2_CPU);
+  f2_tensor *g = f2t_copy_as(got, F2_F32, F2_CPU), *w = f2t_copy_as(want, F2_F32, F2_CPU);
   const float *gv = g->data, *wv = w->data;
   int64_t n = f2_tensor_numel(w), bad = 0, first = -1;
   double max_want = 0, max_err = 0;
@@ -92,7 +82,7 @@ static void compare(const char *label, const char *what, const f2_tensor *got, c
 
 /* Two GPU results must be bit for bit equal. */
 static void compare_bits(const char *label, const char *what, const f2_tensor *a, const f2_tensor *b) {
-  f2_tensor *ha = copy_as(a, a->dtype, F2_CPU), *hb = copy_as(b, b->dtype, F2_CPU);
+  f2_tensor *ha = f2t_copy_as(a, a->dtype, F2_CPU), *hb = f2t_copy_as(b, b->dtype, F2_CPU);
   size_t n = f2_tensor_nbytes(ha), esz = f2_dtype_size(ha->dtype), first = n;
   const unsigned char *pa = ha->data, *pb = hb->data;
   for (size_t i = 0; i < n && first == n; i++)
@@ -122,8 +112,8 @@ static void run_case(attn_case c) {
   int64_t qs[4] = {c.B, c.T, c.H, c.D}, ks[4] = {c.B, c.T, c.Hkv, c.D}, ls[3] = {c.B, c.H, c.T};
   f2_tensor *q = rand_cpu(c.q_dtype, 4, qs, c.q_std), *k = rand_cpu(c.kv_dtype, 4, ks, 1.0);
   f2_tensor *v = rand_cpu(c.kv_dtype, 4, ks, 1.0), *dout = rand_cpu(c.q_dtype, 4, qs, 1.0);
-  f2_tensor *gq = copy_as(q, q->dtype, F2_CUDA), *gk = copy_as(k, k->dtype, F2_CUDA);
-  f2_tensor *gv = copy_as(v, v->dtype, F2_CUDA), *gdout = copy_as(dout, dout->dtype, F2_CUDA);
+  f2_tensor *gq = f2t_copy_as(q, q->dtype, F2_CUDA), *gk = f2t_copy_as(k, k->dtype, F2_CUDA);
+  f2_tensor *gv = f2t_copy_as(v, v->dtype, F2_CUDA), *gdout = f2t_copy_as(dout, dout->dtype, F2_CUDA);
   double tol = tol_for(c.q_dtype == F2_BF16 || c.kv_dtype == F2_BF16 ? F2_BF16 : F2_F32);
 
   /* Forward: CPU reference in f32, GPU into out_dtype; then again for the bits. */
@@ -141,8 +131,8 @@ static void run_case(attn_case c) {
   compare_bits(label, "forward out without lse", gout, gout2);
 
   /* Backward from the same out (the CPU's, rounded to q's dtype) and lse on both sides. */
-  f2_tensor *out_in = copy_as(out, c.q_dtype, F2_CPU), *gout_in = copy_as(out_in, c.q_dtype, F2_CUDA);
-  f2_tensor *glse_in = copy_as(lse, F2_F32, F2_CUDA);
+  f2_tensor *out_in = f2t_copy_as(out, c.q_dtype, F2_CPU), *gout_in = f2t_copy_as(out_in, c.q_dtype, F2_CUDA);
+  f2_tensor *glse_in = f2t_copy_as(lse, F2_F32, F2_CUDA);
   f2_tensor *dq = f2t_tensor(F2_F32, F2_CPU, 4, qs), *dk = f2t_tensor(F2_F32, F2_CPU, 4, ks);
   f2_tensor *dv = f2t_tensor(F2_F32, F2_CPU, 4, ks);
   f2_tensor *g[2][3];
@@ -185,7 +175,7 @@ static void run_cap_case(void) {
   f2_tensor *host[4] = {rand_cpu(F2_BF16, 4, qs, 1.0), rand_cpu(F2_BF16, 4, ks, 1.0), rand_cpu(F2_BF16, 4, ks, 1.0),
                         rand_cpu(F2_BF16, 4, qs, 1.0)};
   f2_tensor *in[4];   /* q, k, v, dout on the GPU */
-  for (int i = 0; i < 4; i++) in[i] = copy_as(host[i], F2_BF16, F2_CUDA);
+  for (int i = 0; i < 4; i++) in[i] = f2t_copy_as(host[i], F2_BF16, F2_CUDA);
   f2_tensor *out = f2t_tensor(F2_BF16, F2_CUDA, 4, qs), *lse = f2t_tensor(F2_F32, F2_CUDA, 3, ls);
   const char *cap = getenv("F2_CUDNN_WORKSPACE_MB");
   char cap_saved[32];
@@ -224,7 +214,7 @@ static void run_decode(int64_t B, int64_t Tq, int64_t n_past, int64_t Tmax, int6
            f2_dtype_name(dtype));
   int64_t qs[4] = {B, Tq, H, D}, cs[4] = {B, Tmax, Hkv, D};
   f2_tensor *q = rand_cpu(dtype, 4, qs, 1.5), *kc = rand_cpu(dtype, 4, cs, 1.0), *vc = rand_cpu(dtype, 4, cs, 1.0);
-  f2_tensor *gq = copy_as(q, dtype, F2_CUDA), *gk = copy_as(kc, dtype, F2_CUDA), *gv = copy_as(vc, dtype, F2_CUDA);
+  f2_tensor *gq = f2t_copy_as(q, dtype, F2_CUDA), *gk = f2t_copy_as(kc, dtype, F2_CUDA), *gv = f2t_copy_as(vc, dtype, F2_CUDA);
   f2_tensor *out = f2t_tensor(F2_F32, F2_CPU, 4, qs), *gout = f2t_tensor(dtype, F2_CUDA, 4, qs);
   float scale = 1.0f / sqrtf((float)D);
   CHECK_OK(f2_attention_decode(out, q, kc, vc, n_past, scale));

@@ -21,9 +21,7 @@ static double uniform(void) {   /* SplitMix64 */
 static uint64_t next_seed(void) { return (uint64_t)(uniform() * 0x1.0p53); }
 
 static f2_tensor *to_device(const f2_tensor *t, int32_t device) {   /* a copy (same dtype and shape) */
-  f2_tensor *c = f2t_tensor(t->dtype, device, t->ndim, t->shape);
-  f2t_copy(c, t);
-  return c;
+  return f2t_copy_as(t, t->dtype, device);
 }
 static f2_tensor *randn(int32_t dtype, int ndim, const int64_t *shape, double std) {   /* on the CPU */
   f2_tensor *t = f2t_tensor(dtype, F2_CPU, ndim, shape);

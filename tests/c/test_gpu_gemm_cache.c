@@ -37,11 +37,8 @@ static f2_tensor *product(int i, uint64_t seed, f2_tensor **want) {
   CHECK_OK(f2_rand_normal(a, seed + 10 * i, 0, 1));
   CHECK_OK(f2_rand_normal(b, seed + 10 * i + 1, 0, 1));
   CHECK_OK(f2_rand_normal(o, seed + 10 * i + 2, 0, 1));
-  f2_tensor *ga = f2t_tensor(p[i].in, F2_CUDA, nd, as + off), *gb = f2t_tensor(p[i].in, F2_CUDA, nd, bs + off);
-  f2_tensor *go = f2t_tensor(p[i].out, F2_CUDA, nd, os + off);
-  f2t_copy(ga, a);
-  f2t_copy(gb, b);
-  f2t_copy(go, o);
+  f2_tensor *ga = f2t_copy_as(a, a->dtype, F2_CUDA), *gb = f2t_copy_as(b, b->dtype, F2_CUDA);
+  f2_tensor *go = f2t_copy_as(o, o->dtype, F2_CUDA);
   const float beta = p[i].accumulate ? 1.0f : 0.0f;
   CHECK_OK(f2_matmul(go, ga, gb, p[i].ta, p[i].tb, 1.0f, beta));
   if (want) {
@@ -57,9 +54,7 @@ static f2_tensor *product(int i, uint64_t seed, f2_tensor **want) {
 
 /* got (GPU) vs want (CPU): |got - want| <= tol max |want| for every element. */
 static void compare(int i, const f2_tensor *got, const f2_tensor *want) {
-  f2_tensor *g = f2t_tensor(F2_F32, F2_CPU, got->ndim, got->shape), *w = f2t_tensor(F2_F32, F2_CPU, want->ndim, want->shape);
-  f2t_copy(g, got);
-  f2t_copy(w, want);
+  f2_tensor *g = f2t_copy_as(got, F2_F32, F2_CPU), *w = f2t_copy_as(want, F2_F32, F2_CPU);
   const float *gv = g->data, *wv = w->data;
   int64_t n = f2_tensor_numel(w), bad = 0;
   double max_want = 0;
@@ -83,8 +78,7 @@ static int count_lines(const char *path) {
 static void save_bytes(const char *dir, int i, const f2_tensor *t) {
   char path[512];
   snprintf(path, sizeof path, "%s/out%d.bin", dir, i);
-  f2_tensor *h = f2t_tensor(t->dtype, F2_CPU, t->ndim, t->shape);
-  f2t_copy(h, t);
+  f2_tensor *h = f2t_copy_as(t, t->dtype, F2_CPU);
   FILE *f = fopen(path, "wb");
   CHECK(f && fwrite(h->data, 1, f2_tensor_nbytes(h), f) == f2_tensor_nbytes(h), "writing %s", path);
   if (f) fclose(f);
@@ -94,8 +88,7 @@ static void save_bytes(const char *dir, int i, const f2_tensor *t) {
 static int same_bytes(const char *dir, int i, const f2_tensor *t) {
   char path[512];
   snprintf(path, sizeof path, "%s/out%d.bin", dir, i);
-  f2_tensor *h = f2t_tensor(t->dtype, F2_CPU, t->ndim, t->shape);
-  f2t_copy(h, t);
+  f2_tensor *h = f2t_copy_as(t, t->dtype, F2_CPU);
   size_t n = f2_tensor_nbytes(h);
   unsigned char *buf = malloc(n);
   FILE *f = fopen(path, "rb");

@@ -30,11 +30,7 @@ static double dtype_rtol(int32_t dtype) { return dtype == F2_BF16 ? 1e-2 : 1e-5;
 /* ---------------------------------------------------------------- tensors */
 
 /* A copy of t on device (same dtype and shape). */
-static f2_tensor *on(int32_t device, const f2_tensor *t) {
-  f2_tensor *c = f2t_tensor(t->dtype, device, t->ndim, t->shape);
-  f2t_copy(c, t);
-  return c;
-}
+static f2_tensor *on(int32_t device, const f2_tensor *t) { return f2t_copy_as(t, t->dtype, device); }
 /* CPU tensor with N(0, std) entries drawn in f32, cast to dtype. */
 static f2_tensor *randn(int32_t dtype, int ndim, const int64_t *shape, double std) {
   f2_tensor *f = f2t_tensor(F2_F32, F2_CPU, ndim, shape), *t = f2t_tensor(dtype, F2_CPU, ndim, shape);
