@@ -135,16 +135,21 @@ cudnnHandle_t handle_here() {
   return state.handle[dev];
 }
 
+/* t as [B, heads, T, D] over [B, T, heads, D] memory (fairy2's layout), under uid. */
+fe::graph::Tensor_attributes &heads_layout(fe::graph::Tensor_attributes &t, int64_t uid, dims d, int64_t heads) {
+  return t.set_uid(uid).set_dim({d.B, heads, d.T, d.D}).set_stride({d.T * heads * d.D, d.D, heads * d.D, 1});
+}
+/* t as cuDNN's softmax statistics over lse [B, H, T] (f32). */
+fe::graph::Tensor_attributes &stats_layout(fe::graph::Tensor_attributes &t, dims d) {
+  return t.set_uid(kStats).set_data_type(fe::DataType_t::FLOAT).set_dim({d.B, d.H, d.T, 1})
+      .set_stride({d.H * d.T, d.T, 1, 1});
+}
 std::shared_ptr<fe::graph::Tensor_attributes> heads(fe::graph::Graph &g, const char *name, int64_t uid, dims d,
                                                     int64_t heads) {
-  return g.tensor(fe::graph::Tensor_attributes()
-                      .set_name(name)
-                      .set_uid(uid)
-                      .set_dim({d.B, heads, d.T, d.D})
-                      .set_stride({d.T * heads * d.D, d.D, heads * d.D, 1}));   /* [B, T, heads, D] in memory */
+  return g.tensor(heads_layout(fe::graph::Tensor_attributes().set_name(name), uid, d, heads));
 }
 void as_output(std::shared_ptr<fe::graph::Tensor_attributes> t, int64_t uid, dims d, int64_t heads) {
-  t->set_output(true).set_uid(uid).set_dim({d.B, heads, d.T, d.D}).set_stride({d.T * heads * d.D, d.D, heads * d.D, 1});
+  heads_layout(t->set_output(true), uid, d, heads);
 }
 
 /* The most workspace a graph may take (its deterministic backward's grows as B H T^2: 604 MB for SmolLM2 at
@@ -193,16 +198,10 @@ Graph *graph_for(cudnnHandle_t handle, bool backward, dims d, float scale) {
                       .set_causal_mask(true);
       auto [o, stats] = g->sdpa(q, k, v, opts);
       as_output(o, kO, d, d.H);
-      stats->set_output(true).set_uid(kStats).set_data_type(fe::DataType_t::FLOAT)
-          .set_dim({d.B, d.H, d.T, 1}).set_stride({d.H * d.T, d.T, 1, 1});
+      stats_layout(stats->set_output(true), d);
     } else {
       auto o = heads(*g, "o", kO, d, d.H), dout = heads(*g, "dO", kDO, d, d.H);
-      auto stats = g->tensor(fe::graph::Tensor_attributes()
-                                 .set_name("stats")
-                                 .set_uid(kStats)
-                                 .set_data_type(fe::DataType_t::FLOAT)
-                                 .set_dim({d.B, d.H, d.T, 1})
-                                 .set_stride({d.H * d.T, d.T, 1, 1}));
+      auto stats = g->tensor(stats_layout(fe::graph::Tensor_attributes().set_name("stats"), d));
       auto opts = fe::graph::SDPA_backward_attributes().set_name("sdpa_backward").set_attn_scale(scale)
                       .set_causal_mask(true).set_deterministic_algorithm(true);
       auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, dout, stats, opts);
