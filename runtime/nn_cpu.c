@@ -463,7 +463,6 @@ static int qkv_rope(const char *op, f2_tensor *y, f2_tensor *q, f2_tensor *k, f2
 
 int f2_qkv_rope_forward(f2_tensor *q, f2_tensor *k, f2_tensor *v, const f2_tensor *y, const f2_tensor *cos_table,
                         const f2_tensor *sin_table) {
-  if (!y) return F2_FAIL(F2_ERR_ARG, "f2_qkv_rope_forward: y is NULL");
   return qkv_rope("f2_qkv_rope_forward", (f2_tensor *)y, q, k, v, cos_table, sin_table, 0);
 }
 
