@@ -26,6 +26,12 @@ SHAPES = [  # name, B, T, H, Hkv, Dh: as bench_attention.c
 ]
 
 
+def first_line(e, width):
+    """An exception's first line, at most width characters (its type when it has no message)."""
+    text = str(e).strip()
+    return text.splitlines()[0][:width] if text else type(e).__name__
+
+
 def main():
     samples = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     try:
@@ -78,8 +84,7 @@ def main():
                     b_ms = timed(bwd, calls)
                     del out
             except Exception as e:  # this backend does not take the shape (or is not built)
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                print("%-18s %-9s %-14s skipped: %s" % (name, "-", label, msg[:90]))
+                print("%-18s %-9s %-14s skipped: %s" % (name, "-", label, first_line(e, 90)))
                 continue
             print("%-18s %-9s %-14s %9.3f %9.1f" % (name, "forward", label, f_ms, flops / (f_ms * 1e9)))
             print("%-18s %-9s %-14s %9.3f %9.1f" % (name, "backward", label, b_ms, 2.5 * flops / (b_ms * 1e9)))
@@ -97,7 +102,7 @@ def cudnn_frontend_rows(torch, name, q, k, v, dout, D, flops, calls, timed):
         fwd_op, bwd_op = torch.ops.cudnn.sdpa_fwd, torch.ops.cudnn.sdpa_bwd
     except Exception as e:
         if name.startswith("SmolLM2 8x2048"):
-            print("cuDNN frontend: skipped (%s)" % (str(e).splitlines()[0][:80] if str(e) else type(e).__name__))
+            print("cuDNN frontend: skipped (%s)" % first_line(e, 80))
         return
     scale = 1.0 / D ** 0.5
     qd, kd, vd, dd = (t.detach() for t in (q, k, v, dout))
@@ -114,7 +119,7 @@ def cudnn_frontend_rows(torch, name, q, k, v, dout, D, flops, calls, timed):
             print("%-18s %-9s %-14s %9.3f %9.1f   two runs %s" % (name, "backward", label, b_ms,
                                                             2.5 * flops / (b_ms * 1e9), "bit-equal" if same else "DIFFER"))
     except Exception as e:
-        print("%-18s %-9s %-14s failed: %s" % (name, "-", "cuDNN FE", str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__))
+        print("%-18s %-9s %-14s failed: %s" % (name, "-", "cuDNN FE", first_line(e, 120)))
 
 
 if __name__ == "__main__":
